@@ -1,0 +1,1 @@
+// placeholder: the CPU kernels are being written (issue 2)

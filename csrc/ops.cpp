@@ -1,0 +1,42 @@
+// The one schema registry of pixcontrast: every op is declared here once, in the
+// `pixcontrast` namespace, and each device registers its implementation under its own
+// dispatch key (csrc/cpu/*.cpp: CPU, csrc/cuda/*_binding.cpp: CUDA).
+//
+// The schemas stay flat (tensors and scalars). Defaults, friendly errors and the
+// reduction live in the Python wrapper (pixcontrast/ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+// `import pixcontrast._C` loads this library, whose static initialisers register the ops
+// below; the module itself is empty (no pybind11 bindings: everything goes through
+// torch.ops.pixcontrast.*).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(pixcontrast, m) {
+  // Row pass of the per-positive InfoNCE (DESIGN.md §1). Columns are the anchors
+  // themselves (self pair excluded) when self_contrast, followed by `contrast` ([M, D],
+  // M may be 0). Returns, per anchor row:
+  //   row_loss [N] f32  (1/|P|) Σ_p softplus(lse − s_p); 0 without positives
+  //   lse      [N] f32  log Σ_neg e^{s}; −inf without negatives
+  //   pos_sig  [N] f32  Σ_p σ(lse − s_p)
+  //   num_pos  [N] f32  |P(i)|
+  //   row_grad [N, D] f32 ∂row_loss_i/∂anchors_i through the normalisation (row term
+  //            only), or [0, D] when need_grad is false.
+  m.def(
+      "infonce_forward(Tensor anchors, Tensor labels, Tensor contrast, "
+      "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
+      "int ignore_index, bool normalize, bool need_grad) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Column pass: gradient with respect to the contrast rows (and, in self-contrast,
+  // the anchors seen as columns). row_coef [N] = dL/d row_loss / |P|.
+  // Returns grad_contrast [M, D] f32 and grad_anchor_columns [N, D] f32 ([0, D] when
+  // not self_contrast).
+  m.def(
+      "infonce_backward_columns(Tensor anchors, Tensor labels, Tensor contrast, "
+      "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
+      "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
+      "Tensor row_coef) -> (Tensor, Tensor)");
+}
