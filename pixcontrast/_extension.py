@@ -32,7 +32,7 @@ def extension_available() -> bool:
     return True
 
 
-def has_cuda_kernels() -> bool:
-    """Whether the extension was built with its CUDA kernels."""
+def has_kernels(dispatch_key: str) -> bool:
+    """Whether the extension registered its kernels for ``dispatch_key`` ("CPU", "CUDA")."""
     return extension_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "pixcontrast::infonce_forward", "CUDA")
+        "pixcontrast::infonce_forward", dispatch_key)

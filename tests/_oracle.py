@@ -1,0 +1,121 @@
+"""Random cases and the float64 oracle shared by the op tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from pixcontrast.reference import pixel_contrast_reference
+
+IGNORE = -1
+
+
+@dataclasses.dataclass
+class Case:
+    anchors: Tensor
+    labels: Tensor
+    contrast: Tensor | None
+    contrast_labels: Tensor | None
+    include_anchors: bool = False
+    temperature: float = 0.1
+    normalize: bool = True
+    contrast_grad: bool = False
+
+    def kwargs(self) -> dict:
+        return dict(temperature=self.temperature, normalize=self.normalize,
+                    include_anchors=self.include_anchors, ignore_index=IGNORE)
+
+
+def clustered(labels: Tensor, d: int, centers: Tensor, scale: float) -> Tensor:
+    """Embeddings near their class centre, so logits spread like a trained model's."""
+    noise = torch.randn(labels.shape[0], d, dtype=torch.float64)
+    return (centers[labels.clamp(min=0) % centers.shape[0]] + noise) * scale
+
+
+def make_case(mode: str = "bank", n: int = 37, m: int = 101, d: int = 20, classes: int = 5,
+              temperature: float = 0.1, normalize: bool = True, scale: float = 1.0,
+              dtype: torch.dtype = torch.float32, no_positive_rows: int = 2,
+              ignore_frac: float = 0.1, sort_bank: bool | None = None) -> Case:
+    """``mode``: "self" (contrast=None), "bank", "bank+anchors" or "bank-grad"."""
+    centers = torch.randn(classes + no_positive_rows, d, dtype=torch.float64) * 1.5
+    labels = torch.randint(0, classes, (n,))
+    # Anchors whose class appears nowhere else: no positive, must contribute exactly 0.
+    k = min(no_positive_rows, n)
+    labels[:k] = classes + torch.arange(k)
+    labels[torch.rand(n) < ignore_frac] = IGNORE
+    labels = labels[torch.randperm(n)]
+    anchors = clustered(labels, d, centers, scale)
+    if mode == "self":
+        contrast = contrast_labels = None
+    else:
+        contrast_labels = torch.randint(0, classes, (m,))
+        contrast_labels[torch.rand(m) < ignore_frac] = IGNORE
+        if sort_bank if sort_bank is not None else bool(torch.rand(()) < 0.5):
+            contrast_labels = contrast_labels.sort().values  # the memory bank's layout
+        contrast = clustered(contrast_labels, d, centers, scale).to(dtype)
+    return Case(anchors.to(dtype), labels, contrast, contrast_labels,
+                include_anchors=mode == "bank+anchors", temperature=temperature,
+                normalize=normalize, contrast_grad=mode == "bank-grad")
+
+
+def run(case: Case, reduction: str = "mean", *, backend: str, upstream: Tensor | None = None,
+        double: bool = False, **extra) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Loss, d(loss·upstream)/d anchors and /d contrast (when the case wants it)."""
+    conv = (lambda t: t.detach().double()) if double else (lambda t: t.detach().clone())
+    a = conv(case.anchors).requires_grad_()
+    c = None if case.contrast is None else conv(case.contrast)
+    if c is not None and case.contrast_grad:
+        c.requires_grad_()
+    fn = pixel_contrast_reference if backend == "oracle" else None
+    if fn is None:
+        from pixcontrast.ops import fused_pixel_contrast
+        loss = fused_pixel_contrast(a, case.labels, c, case.contrast_labels,
+                                    reduction=reduction, backend=backend, **case.kwargs(),
+                                    **extra)
+    else:
+        loss = fn(a, case.labels, c, case.contrast_labels, reduction=reduction,
+                  **case.kwargs(), **extra)
+    if upstream is None:
+        upstream = torch.randn(loss.shape, dtype=torch.float64)
+    inputs = [a] + ([c] if c is not None and case.contrast_grad else [])
+    grads = torch.autograd.grad((loss.double() * upstream).sum(), inputs, allow_unused=True)
+    ga = grads[0] if grads[0] is not None else torch.zeros_like(a)
+    gc = grads[1] if len(grads) > 1 else None
+    return loss.detach(), ga, gc
+
+
+def oracle(case: Case, reduction: str = "mean", upstream: Tensor | None = None, **extra):
+    return run(case, reduction, backend="oracle", upstream=upstream, double=True, **extra)
+
+
+def max_err(x: Tensor, ref: Tensor) -> float:
+    return (x.double() - ref.double()).abs().max().item() if ref.numel() else 0.0
+
+
+def scale_of(ref: Tensor) -> float:
+    return ref.double().abs().max().item() if ref.numel() else 0.0
+
+
+def assert_matches(ours, ref, rtol: float, atol: float, what: str = "") -> None:
+    """Max-abs error within ``atol + rtol·max|ref|`` for the loss and each gradient."""
+    for name, x, r in zip(("loss", "grad anchors", "grad contrast"), ours, ref):
+        if r is None:
+            assert x is None, f"{what}{name}: got a gradient where none was expected"
+            continue
+        assert torch.isfinite(x).all(), f"{what}{name} is not finite"
+        err, bound = max_err(x, r), atol + rtol * scale_of(r)
+        assert err <= bound, f"{what}{name}: max error {err:.3g} > {bound:.3g}"
+
+
+def assert_lowprec_matches(ours, ref, dense, k: float = 2.0, rtol: float = 2e-3) -> None:
+    """Low precision: error at most ``k×`` the dense same-dtype error (+ a floor)."""
+    for name, x, r, dn in zip(("loss", "grad anchors", "grad contrast"), ours, ref, dense):
+        if r is None:
+            continue
+        assert torch.isfinite(x).all(), f"{name} is not finite"
+        err, dense_err = max_err(x, r), max_err(dn, r)
+        bound = k * dense_err + rtol * scale_of(r)
+        assert err <= bound, (f"{name}: error {err:.3g} > {k}×dense {dense_err:.3g} "
+                              f"+ floor {rtol * scale_of(r):.3g}")
