@@ -19,6 +19,7 @@ backend's reason when none fits; a backend named explicitly never falls back.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -44,12 +45,9 @@ _KERNEL_DTYPES = {
 _TRITON_MAX_DIM = 512
 
 
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+# Facts about this process, read once at import: constants for torch.compile to trace.
+_HAS_KERNELS = {key: has_kernels(key) for key in ("CPU", "CUDA")}
+_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def not_supported_reasons(backend: str, anchors: Tensor, contrast: Tensor | None = None
@@ -65,17 +63,17 @@ def not_supported_reasons(backend: str, anchors: Tensor, contrast: Tensor | None
     if backend == "cpu":
         if dev != "cpu":
             reasons.append(f"cpu: the inputs are on {anchors.device}, not the CPU")
-        if not has_kernels("CPU"):
+        if not _HAS_KERNELS["CPU"]:
             reasons.append("cpu: pixcontrast._C is not built with its CPU kernels "
                            "(run `pip install --no-build-isolation -e .`)")
     elif backend == "cuda":
         if dev != "cuda":
             reasons.append(f"cuda: the inputs are on {anchors.device}, not a CUDA device")
-        if not has_kernels("CUDA"):
+        if not _HAS_KERNELS["CUDA"]:
             reasons.append("cuda: pixcontrast._C was built without CUDA kernels (CPU-only "
                            "torch, no nvcc, or the CUDA backend is not in this build)")
     elif backend == "triton":
-        if not _triton_importable():
+        if not _HAS_TRITON:
             reasons.append("triton: the triton package is not installed")
         if dev == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append("triton: CPU tensors run only under TRITON_INTERPRET=1 "
