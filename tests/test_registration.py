@@ -57,3 +57,23 @@ def test_compile_fullgraph(backend, mode, compiler):
     torch.testing.assert_close(a.grad.double(), ref_ga, rtol=1e-4, atol=1e-6)
     if case.contrast_grad:
         torch.testing.assert_close(c.grad.double(), ref_gc, rtol=1e-4, atol=1e-6)
+
+
+BACKWARD_OPS = {
+    "cpu": lambda: torch.ops.pixcontrast.infonce_backward_columns.default,
+    "triton": lambda: torch.ops.pixcontrast.infonce_backward_columns_triton.default,
+}
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("mode", ["self", "bank-grad", "bank+anchors"])
+def test_opcheck_backward_columns(backend, mode):
+    case = make_case(mode, n=13, m=17, d=20)
+    self_contrast = mode != "bank-grad"
+    fwd_args = op_args(case, self_contrast, False, backend)
+    _, lse, pos_sig, num_pos, _ = OPS[backend]()(*fwd_args)
+    row_coef = torch.where(num_pos > 0, torch.randn(13) / num_pos.clamp(min=1), 0.0)
+    args = [fwd_args[0].detach(), *fwd_args[1:8], lse, pos_sig, row_coef]
+    if backend == "triton":
+        args.append(False)
+    torch.library.opcheck(BACKWARD_OPS[backend](), tuple(args))
