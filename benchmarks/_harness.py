@@ -22,7 +22,7 @@ def quantiles(samples_ms: list[float]) -> dict[str, float]:
     def q(p: float) -> float:
         return s[min(len(s) - 1, max(0, round(p * (len(s) - 1))))]
 
-    return {"median": statistics.median(s), "p20": q(0.2), "p80": q(0.8)}
+    return {"median": statistics.median(s), "p20": q(0.2), "p80": q(0.8), "min": s[0]}
 
 
 def time_cpu(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
