@@ -183,3 +183,20 @@ def test_mixed_dtypes_cast_anchors_to_contrast_dtype():
                                 backend="cpu")
     loss.backward()
     assert loss.dtype == torch.float32 and a.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.uint8])
+def test_ignore_index_255_and_label_dtypes(backend, label_dtype):
+    """Cityscapes-style ignore label 255, labels in int32 / uint8, same loss as int64."""
+    case = make_case("bank+anchors", n=29, m=61, d=20)
+    ref = oracle(case, upstream=torch.ones(()))
+    for t in ("labels", "contrast_labels"):
+        y = getattr(case, t)
+        setattr(case, t, torch.where(y == IGNORE, 255, y).to(label_dtype))
+    a = case.anchors.clone().requires_grad_()
+    loss = fused_pixel_contrast(a, case.labels, case.contrast, case.contrast_labels,
+                                backend=backend, temperature=case.temperature,
+                                include_anchors=True, ignore_index=255)
+    loss.backward()
+    assert_matches((loss.detach(), a.grad, None), ref, *fp32_tol(0.1))
