@@ -194,6 +194,25 @@ def _logits(a, c, row_scale, inv_nc, INPUT_PRECISION: tl.constexpr):
 # --------------------------------------------------------------------------------------
 
 @triton.jit
+def _anchor_block(a_ptr, stride_a_n, stride_a_d, perm_ptr, row_labels_ptr, N, D, offs_d,
+                  inv_temperature, ignore_index, NORMALIZE: tl.constexpr,
+                  UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's block of label-sorted anchor rows, kept on chip for the whole pass.
+
+    Returns the sorted positions, their mask, labels and validity, the original row indices
+    (``perm``), the anchor tile and the per-row logit scale ``inv_norm·inv_temperature``.
+    """
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    y = tl.load(row_labels_ptr + rows, mask=row_mask, other=ignore_index)
+    row_ok = row_mask & (y != ignore_index)
+    src = tl.load(perm_ptr + rows, mask=row_mask, other=0)
+    a = _load_tile(a_ptr, src, row_mask, stride_a_n, stride_a_d, offs_d, D, UPCAST)
+    row_scale = _inv_norm(a, NORMALIZE, BLOCK_N) * inv_temperature
+    return rows, row_mask, y, row_ok, src, a, row_scale
+
+
+@triton.jit
 def _negatives_kernel(
     a_ptr, stride_a_n, stride_a_d,
     perm_ptr, row_labels_ptr,                 # row r of the sorted order: anchor perm[r]
@@ -206,16 +225,11 @@ def _negatives_kernel(
     INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_n = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
     offs_d = tl.arange(0, BLOCK_D)
-    y = tl.load(row_labels_ptr + rows, mask=row_mask, other=ignore_index)
-    row_ok = row_mask & (y != ignore_index)
-    src = tl.load(perm_ptr + rows, mask=row_mask, other=0)
-    a = _load_tile(a_ptr, src, row_mask, stride_a_n, stride_a_d, offs_d, D, UPCAST)
-    row_scale = _inv_norm(a, NORMALIZE, BLOCK_N) * inv_temperature
+    rows, row_mask, y, row_ok, src, a, row_scale = _anchor_block(
+        a_ptr, stride_a_n, stride_a_d, perm_ptr, row_labels_ptr, N, D, offs_d,
+        inv_temperature, ignore_index, NORMALIZE, UPCAST, BLOCK_N)
 
     m = tl.full([BLOCK_N], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_N], tl.float32)
@@ -291,17 +305,12 @@ def _positives_kernel(
     ROUND_BF16: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_n = tl.program_id(0).to(tl.int64)
     pid_s = tl.program_id(1).to(tl.int64)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
     offs_d = tl.arange(0, BLOCK_D)
-    y = tl.load(row_labels_ptr + rows, mask=row_mask, other=ignore_index)
-    row_ok = row_mask & (y != ignore_index)
+    rows, row_mask, y, row_ok, src, a, row_scale = _anchor_block(
+        a_ptr, stride_a_n, stride_a_d, perm_ptr, row_labels_ptr, N, D, offs_d,
+        inv_temperature, ignore_index, NORMALIZE, UPCAST, BLOCK_N)
     _, _, lse = _merged_lse(m_ws_ptr, l_ws_ptr, rows, row_mask, N, num_slots, BLOCK_N)
-    src = tl.load(perm_ptr + rows, mask=row_mask, other=0)
-    a = _load_tile(a_ptr, src, row_mask, stride_a_n, stride_a_d, offs_d, D, UPCAST)
-    row_scale = _inv_norm(a, NORMALIZE, BLOCK_N) * inv_temperature
 
     loss = tl.zeros([BLOCK_N], tl.float32)
     sig_sum = tl.zeros([BLOCK_N], tl.float32)
