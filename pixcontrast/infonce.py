@@ -58,6 +58,12 @@ def _make_autograd(backward_columns: Callable[..., tuple[Tensor, Tensor]], n_ext
         (anchors, labels, contrast, contrast_labels, self_contrast, inv_temperature,
          ignore_index, normalize, need_grad, *extra) = inputs
         _, lse, pos_sig, num_pos, row_grad = output
+        if not ctx.needs_input_grad[2]:
+            # A contrast set without gradient (the memory bank) is not read in backward:
+            # its part of the anchor gradient is already in row_grad. Not saving it lets
+            # the caller update the bank in place right after the forward.
+            contrast = contrast.new_empty((0, contrast.shape[1]))
+            contrast_labels = contrast_labels.new_empty((0,))
         ctx.save_for_backward(anchors, labels, contrast, contrast_labels, lse, pos_sig,
                               num_pos, row_grad)
         ctx.args = (self_contrast, inv_temperature, ignore_index, normalize, need_grad, extra)

@@ -200,3 +200,20 @@ def test_ignore_index_255_and_label_dtypes(backend, label_dtype):
                                 include_anchors=True, ignore_index=255)
     loss.backward()
     assert_matches((loss.detach(), a.grad, None), ref, *fp32_tol(0.1))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("mode", ["bank", "bank+anchors"])
+def test_bank_may_change_in_place_after_forward(backend, mode):
+    """A memory bank without gradient is enqueued right after the loss; backward is exact."""
+    case = make_case(mode, n=23, m=51, d=20)
+    up = torch.randn(())
+    ref = oracle(case, upstream=up)
+    a = case.anchors.clone().requires_grad_()
+    bank, bank_labels = case.contrast.clone(), case.contrast_labels.clone()
+    loss = fused_pixel_contrast(a, case.labels, bank, bank_labels, backend=backend,
+                                **case.kwargs())
+    bank.mul_(-3.0)
+    bank_labels.add_(1)
+    (loss * up).backward()
+    assert_matches((loss.detach(), a.grad, None), ref, *fp32_tol(0.1))
