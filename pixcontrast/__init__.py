@@ -6,7 +6,10 @@
 
 import torch  # noqa: F401  (loads libtorch before pixcontrast._C)
 
-from pixcontrast.ops import fused_pixel_contrast, not_supported_reasons
+from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
+from pixcontrast.memory_bank import MemoryBank
+from pixcontrast.ops import fused_pixel_contrast, not_supported_reasons, sample_anchors
 
 __version__ = "0.1.0"
-__all__ = ["fused_pixel_contrast", "not_supported_reasons", "__version__"]
+__all__ = ["fused_pixel_contrast", "sample_anchors", "MemoryBank", "PixelContrastLoss",
+           "ContrastCELoss", "not_supported_reasons", "__version__"]

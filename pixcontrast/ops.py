@@ -30,8 +30,9 @@ from torch import Tensor
 from pixcontrast._extension import has_kernels
 from pixcontrast.infonce import forward_op
 from pixcontrast.reference import pixel_contrast_reference, reduce_rows
+from pixcontrast.sampling import sample_anchors
 
-__all__ = ["fused_pixel_contrast", "not_supported_reasons", "BACKENDS"]
+__all__ = ["fused_pixel_contrast", "sample_anchors", "not_supported_reasons", "BACKENDS"]
 
 BACKENDS = ("cpu", "triton", "cuda", "reference")
 REDUCTIONS = ("mean", "sum", "none")

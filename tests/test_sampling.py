@@ -1,0 +1,363 @@
+"""sample_anchors against a literal Python-loop oracle of DESIGN.md §2's rule.
+
+The samples are random, so the tests check what the rule fixes: which (image, class) pairs
+are sampled, how many hard and easy pixels each gets, that every pixel is real, distinct and
+of its claimed class, the layout (pairs in (image, class) order, hard first, padding), the
+generator's reproducibility, and the uniformity of the draws by frequency.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import pytest
+import torch
+
+from pixcontrast.sampling import sample_anchors
+
+BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="Triton needs CUDA or TRITON_INTERPRET=1"))]
+
+
+# --------------------------------------------------------------------------------------
+# Oracle: the rule, word for word, with Python loops and ints
+# --------------------------------------------------------------------------------------
+
+def oracle(labels: torch.Tensor, preds: torch.Tensor, max_samples: int, max_views: int,
+           ignore_index: int):
+    """Eligible pairs {(b, c): (hard, easy)}, V, and the quota function."""
+    pairs = {}
+    B = labels.shape[0]
+    for b in range(B):
+        lab = labels[b].flatten().tolist()
+        pred = preds[b].flatten().tolist()
+        for c in sorted(set(lab)):
+            if c == ignore_index:
+                continue
+            hard = sum(1 for x, p in zip(lab, pred) if x == c and p != c)
+            easy = sum(1 for x, p in zip(lab, pred) if x == c and p == c)
+            if hard + easy > max_views:
+                pairs[(b, c)] = (hard, easy)
+    T = len(pairs)
+    V = max(min(max_samples // T, max_views), 1) if T else 0
+    return pairs, V
+
+
+def quota(hard: int, easy: int, V: int) -> tuple[int, int]:
+    if hard >= V / 2 and easy >= V / 2:
+        return V // 2, V - V // 2
+    if hard >= V / 2:
+        return V - easy, easy
+    return hard, V - hard
+
+
+def check_sample(idx, out_lab, labels, preds, max_samples, max_views, ignore_index):
+    """Assert every property the rule fixes; returns {(b, c): (hard, easy)} sampled."""
+    assert idx.shape == (max_samples,) and out_lab.shape == (max_samples,)
+    assert idx.dtype == torch.int64 and out_lab.dtype == torch.int64
+    assert idx.device == labels.device and out_lab.device == labels.device
+    idx, out_lab = idx.cpu().tolist(), out_lab.cpu().tolist()
+    B, h, w = labels.shape
+    hw = h * w
+    flat_lab = labels.cpu().flatten().tolist()
+    flat_pred = preds.cpu().flatten().tolist()
+    pairs, V = oracle(labels.cpu(), preds.cpu(), max_samples, max_views, ignore_index)
+
+    used = [i for i in idx if i != -1]
+    k = len(used)
+    assert idx[:k] == used, "used rows must form a prefix"
+    assert all(x == ignore_index for x in out_lab[k:]), "unused rows carry ignore_index"
+    assert len(set(used)) == k, "a pixel was sampled twice"
+    assert all(0 <= i < B * hw for i in used)
+
+    got = {}
+    keys = []
+    for i, c in zip(used, out_lab[:k]):
+        assert flat_lab[i] == c, "sampled pixel's label differs from the claimed one"
+        assert c != ignore_index
+        easy = flat_pred[i] == c
+        keys.append((i // hw, c, easy))
+        hard_n, easy_n = got.get((i // hw, c), (0, 0))
+        got[(i // hw, c)] = (hard_n + (not easy), easy_n + easy)
+    assert keys == sorted(keys), "rows must be in (image, class, hard-then-easy) order"
+
+    T = len(pairs)
+    assert set(got) <= set(pairs), "a sampled pair is not eligible"
+    assert len(got) == min(T, max_samples)
+    for key, counts in got.items():
+        assert counts == quota(*pairs[key], V), (key, pairs[key], V, counts)
+    assert k == V * min(T, max_samples) <= max_samples
+    return got
+
+
+# --------------------------------------------------------------------------------------
+# Random maps with classes near max_views, ignore pixels, every branch of the rule
+# --------------------------------------------------------------------------------------
+
+def make_maps(B, h, w, max_views, ignore_index, num_labels=6):
+    """labels/preds [B, h, w] int64: per image class counts drawn around max_views (and
+    small ones), hard fractions from {0, few, half, most, all}, the rest ignore."""
+    rng = random.Random(torch.randint(0, 2**31, ()).item())
+    hw = h * w
+    values = rng.sample([v for v in range(0, 171) if v != ignore_index], num_labels)
+    labels, preds = [], []
+    for _ in range(B):
+        lab, pred = [], []
+        for c in values:
+            n = rng.choice([max_views - 1, max_views, max_views + 1, max_views + 2,
+                            2 * max_views + rng.randrange(max_views + 1),
+                            rng.randrange(max_views + 1), 0])
+            n = max(0, min(n, hw - len(lab)))
+            frac = rng.choice([0.0, 0.1, 0.5, 0.9, 1.0, rng.random()])
+            n_hard = round(frac * n)
+            lab += [c] * n
+            for j in range(n):
+                if j < n_hard:  # wrong: another class, ignore_index or an unseen value
+                    pred.append(rng.choice([v for v in values if v != c]
+                                           + [ignore_index, c + 1000]))
+                else:
+                    pred.append(c)
+        rest = hw - len(lab)
+        lab += [ignore_index] * rest
+        pred += [rng.choice(values) for _ in range(rest)]
+        perm = list(range(hw))
+        rng.shuffle(perm)
+        labels.append([lab[p] for p in perm])
+        preds.append([pred[p] for p in perm])
+    return (torch.tensor(labels).reshape(B, h, w), torch.tensor(preds).reshape(B, h, w))
+
+
+CASES = [  # B, h, w, max_samples, max_views, ignore_index
+    (3, 12, 13, 64, 10, 255),     # V = max_samples // T
+    (4, 9, 11, 1000, 8, -1),      # V capped by max_views
+    (2, 16, 16, 5, 6, 255),       # T > max_samples: a pair subset, V = 1
+    (5, 7, 5, 3, 2, -1),          # tiny max_views, T >> max_samples
+    (1, 20, 17, 1, 30, 255),      # max_samples = 1
+    (2, 10, 10, 37, 1, -1),       # max_views = 1
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+def test_rule_against_oracle(case, backend):
+    B, h, w, max_samples, max_views, ignore_index = case
+    for _ in range(4):
+        labels, preds = make_maps(B, h, w, max_views, ignore_index)
+        idx, lab = sample_anchors(labels, preds, max_samples=max_samples,
+                                  max_views=max_views, ignore_index=ignore_index,
+                                  backend=backend)
+        check_sample(idx, lab, labels, preds, max_samples, max_views, ignore_index)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pair_subset_when_T_exceeds_max_samples(backend):
+    # 4 images x 6 classes of 12..20 pixels, max_views 10: T = 24 > max_samples = 7, V = 1.
+    B, hw, max_views, max_samples = 4, 6 * 20, 10, 7
+    labels = torch.empty(B, hw, dtype=torch.int64)
+    for b in range(B):
+        counts = torch.randint(11, 21, (6,))
+        row = torch.repeat_interleave(torch.arange(6) * 7 + 3, counts)
+        row = torch.cat([row, torch.full((hw - row.numel(),), -1)])
+        labels[b] = row[torch.randperm(hw)]
+    preds = torch.where(torch.rand(B, hw) < 0.5, labels, labels + 1)
+    labels, preds = labels.reshape(B, 10, 12), preds.reshape(B, 10, 12)
+    idx, lab = sample_anchors(labels, preds, max_samples=max_samples, max_views=max_views,
+                              backend=backend)
+    got = check_sample(idx, lab, labels, preds, max_samples, max_views, -1)
+    assert len(got) == max_samples and (idx >= 0).all()
+    assert all(sum(v) == 1 for v in got.values())  # V = max(7 // 24, 1) = 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_eligible_pair(backend):
+    # All ignored; then every class exactly max_views pixels (not more): T = 0.
+    max_views = 8
+    labels = torch.full((2, 6, 8), 255)
+    preds = torch.randint(0, 5, (2, 6, 8))
+    row = torch.repeat_interleave(torch.tensor([0, 3, 7, 9, 11, 12]), max_views)
+    small = torch.stack([row[torch.randperm(48)] for _ in range(2)]).reshape(2, 6, 8)
+    for lab_map in (labels, small):
+        idx, lab = sample_anchors(lab_map, preds, max_samples=16, max_views=max_views,
+                                  ignore_index=255, backend=backend)
+        assert (idx == -1).all() and (lab == 255).all() and idx.shape == (16,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_negative_and_large_label_values(backend):
+    # Labels are arbitrary integers: negative, above 2^32, ignore in the middle of them.
+    values = torch.tensor([-7, -3, 2**40 + 5, 170, 0])
+    labels = values[torch.randint(0, 5, (3, 10, 11))]
+    labels = torch.where(torch.rand(labels.shape) < 0.1, 99, labels)
+    wrong = values[torch.randint(0, 5, labels.shape)]
+    preds = torch.where(torch.rand(labels.shape) < 0.4, wrong, labels)
+    idx, lab = sample_anchors(labels, preds, max_samples=40, max_views=15, ignore_index=99,
+                              backend=backend)
+    got = check_sample(idx, lab, labels, preds, 40, 15, 99)
+    assert any(c < 0 for _, c in got) and any(c > 2**32 for _, c in got)
+
+
+def test_reproducible_with_generator():
+    labels, preds = make_maps(3, 16, 16, 12, 255)
+    outs = []
+    for seed in (7, 7, 8):
+        g = torch.Generator().manual_seed(seed)
+        outs.append(sample_anchors(labels, preds, max_samples=50, max_views=12,
+                                   ignore_index=255, generator=g))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert (outs[0][0] >= 0).any()
+    assert not torch.equal(outs[0][0], outs[2][0])  # another seed, other pixels
+
+
+def test_inputs_not_modified_and_dtypes():
+    labels, preds = make_maps(2, 8, 9, 5, -1)
+    lab32, pred16 = labels.to(torch.int32), preds.to(torch.int16)
+    before = (lab32.clone(), pred16.clone())
+    idx, lab = sample_anchors(lab32, pred16, max_samples=20, max_views=5)
+    assert torch.equal(lab32, before[0]) and torch.equal(pred16, before[1])
+    check_sample(idx, lab, labels, preds, 20, 5, -1)
+
+
+def _binomial_bound(count, draws, p, sigmas=5.0):
+    mean = draws * p
+    sd = math.sqrt(draws * p * (1 - p))
+    return abs(count - mean) <= sigmas * sd
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uniform_frequencies(backend):
+    # One image: class 4 has 12 hard + 18 easy pixels, class 9 has 5 hard + 26 easy;
+    # max_samples 16, max_views 20 -> T = 2, V = 8, and both classes have >= 4 of each kind:
+    # 4 hard + 4 easy each. A hard pixel of class 4 is chosen with p = 4/12, an easy one
+    # with 4/18; class 9: 4/5 and 4/26.
+    hw = 80
+    lab = torch.tensor([4] * 30 + [9] * 31 + [255] * 19)
+    pred = lab.clone()
+    pred[:12] = 9                 # class 4 hard
+    pred[30:35] = 2               # class 9 hard
+    pred[61:] = torch.randint(0, 10, (19,))
+    perm = torch.randperm(hw)
+    labels, preds = lab[perm].reshape(1, 8, 10), pred[perm].reshape(1, 8, 10)
+    draws = 1500 if backend == "torch" else 300
+    freq = torch.zeros(hw, dtype=torch.int64)
+    g = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    for _ in range(draws):
+        idx, _ = sample_anchors(labels, preds, max_samples=16, max_views=20,
+                                ignore_index=255, generator=g, backend=backend)
+        freq[idx[idx >= 0]] += 1
+    flat_lab, flat_pred = labels.flatten(), preds.flatten()
+    for c, n_hard, n_easy in ((4, 12, 18), (9, 5, 26)):
+        hard = (flat_lab == c) & (flat_pred != c)
+        easy = (flat_lab == c) & (flat_pred == c)
+        assert hard.sum() == n_hard and easy.sum() == n_easy
+        assert (freq[hard].sum() == 4 * draws) and (freq[easy].sum() == 4 * draws)
+        for mask, p in ((hard, 4 / n_hard), (easy, 4 / n_easy)):
+            for count in freq[mask].tolist():
+                assert _binomial_bound(count, draws, p), (c, count, draws * p)
+    assert freq[flat_lab == 255].sum() == 0
+
+
+def test_uniform_pair_subset():
+    # 12 eligible pairs, max_samples 3: each pair kept with p = 1/4.
+    B, max_views = 3, 4
+    row = torch.repeat_interleave(torch.tensor([1, 5, 6, 8]), 6)
+    labels = torch.stack([row[torch.randperm(24)] for _ in range(B)]).reshape(B, 4, 6)
+    preds = torch.where(torch.rand(B, 4, 6) < 0.5, labels, 0)
+    draws = 2000
+    freq = {}
+    g = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    for _ in range(draws):
+        idx, lab = sample_anchors(labels, preds, max_samples=3, max_views=max_views,
+                                  generator=g)
+        assert (idx >= 0).all()
+        for i, c in zip(idx.tolist(), lab.tolist()):
+            freq[(i // 24, c)] = freq.get((i // 24, c), 0) + 1
+    assert len(freq) == 12
+    assert all(_binomial_bound(v, draws, 0.25) for v in freq.values()), freq
+
+
+@pytest.mark.parametrize("max_samples", [4, 1000])
+def test_torch_path_is_value_free(max_samples):
+    # Meta tensors have shapes but no values: .item(), .nonzero(), bool(tensor), .tolist()
+    # or a data-dependent shape would raise here, so this is the CPU-side proof that the
+    # PyTorch path never reads a value on the host (both static branches of the subset).
+    labels = torch.randint(0, 5, (2, 8, 9), device="meta")
+    idx, lab = sample_anchors(labels, labels, max_samples=max_samples, max_views=3,
+                              backend="torch")
+    assert idx.shape == lab.shape == (max_samples,)
+    assert idx.dtype == lab.dtype == torch.int64
+
+
+def test_torch_compile_fullgraph():
+    labels, preds = make_maps(2, 9, 10, 6, 255)
+    fn = torch.compile(lambda a, b: sample_anchors(a, b, max_samples=30, max_views=6,
+                                                   ignore_index=255, backend="torch"),
+                       fullgraph=True)
+    for _ in range(2):
+        idx, lab = fn(labels, preds)
+        check_sample(idx, lab, labels, preds, 30, 6, 255)
+        labels, preds = make_maps(2, 9, 10, 6, 255)
+
+
+def test_validation_errors_name_the_argument():
+    labels = torch.randint(0, 3, (2, 4, 4))
+    preds = torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(ValueError, match="labels"):
+        sample_anchors(labels[0], preds[0])
+    with pytest.raises(TypeError, match="predictions"):
+        sample_anchors(labels, preds.float())
+    with pytest.raises(TypeError, match="labels"):
+        sample_anchors(labels.bool(), preds)
+    with pytest.raises(ValueError, match="predictions shape"):
+        sample_anchors(labels, preds[:, :3])
+    with pytest.raises(ValueError, match="max_samples"):
+        sample_anchors(labels, preds, max_samples=0)
+    with pytest.raises(ValueError, match="max_views"):
+        sample_anchors(labels, preds, max_views=0)
+    with pytest.raises(ValueError, match="backend"):
+        sample_anchors(labels, preds, backend="cuda")
+
+
+def test_triton_on_cpu_needs_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    labels = torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        sample_anchors(labels, labels, backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cuda_sync_free_and_graph_capturable(backend):
+    labels, preds = make_maps(4, 32, 40, 50, 255, num_labels=8)
+    labels, preds = labels.cuda(), preds.cuda()
+    kw = dict(max_samples=300, max_views=50, ignore_index=255, backend=backend)
+    idx, lab = sample_anchors(labels, preds, **kw)  # warm-up: compiles the Triton kernels
+    check_sample(idx, lab, labels, preds, 300, 50, 255)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        idx, lab = sample_anchors(labels, preds, **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    check_sample(idx, lab, labels, preds, 300, 50, 255)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        sample_anchors(labels, preds, **kw)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        g_idx, g_lab = sample_anchors(labels, preds, **kw)
+    new_labels, new_preds = make_maps(4, 32, 40, 50, 255, num_labels=8)
+    labels.copy_(new_labels)
+    preds.copy_(new_preds)
+    seen = set()
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        check_sample(g_idx, g_lab, labels, preds, 300, 50, 255)
+        seen.add(tuple(g_idx.tolist()))
+    assert len(seen) > 1, "replays must draw fresh random numbers"
