@@ -121,10 +121,64 @@ def sampling_workload(device: str, quick: bool):
     return shape, providers
 
 
+def _bank_inputs(device: str, quick: bool):
+    from pixcontrast.memory_bank import MemoryBank
+    from bench_memory_bank import memory_bank_update_loop_2021
+
+    b, h, w, d, size = (2, 64, 128, 64, 500) if quick else (8, 128, 256, 256, 5000)
+    labels, preds = make_label_maps(b, h, w, 19, device)
+    embed = torch.randn(b, d, h, w, device=device)
+
+    def bank():
+        return MemoryBank(19, d, size=size, pixels_per_update=10,
+                          ignore_index=IGNORE).to(device)
+
+    loop_bank = bank()
+
+    def loop_update():
+        memory_bank_update_loop_2021(loop_bank.features, loop_bank.labels, loop_bank.pointers,
+                                     embed, labels, 10, ignore_index=IGNORE)
+
+    return (b, h, w, d), labels, preds, embed, bank, loop_update
+
+
+def bank_update_workload(device: str, quick: bool):
+    (b, h, w, d), labels, _, embed, bank, loop_update = _bank_inputs(device, quick)
+    ours = bank()
+    providers = {"loop-2021": loop_update,
+                 "pixcontrast-torch": lambda: ours.update(embed, labels, backend="torch")}
+    if device == "cuda":
+        providers["pixcontrast-triton"] = lambda: ours.update(embed, labels, backend="triton")
+    return f"B={b} {h}x{w} D={d} K=19 ppu=10", providers
+
+
+def sampling_and_update_workload(device: str, quick: bool):
+    """One loss step's bookkeeping: sample the anchors, then enqueue the batch."""
+    (b, h, w, d), labels, preds, embed, bank, loop_update = _bank_inputs(device, quick)
+    kw = dict(max_samples=1024, max_views=100, ignore_index=IGNORE)
+    ours = bank()
+
+    def loop():
+        sample_anchors_loop_2021(labels, preds, **kw)
+        loop_update()
+
+    def fused(backend):
+        def step():
+            sample_anchors(labels, preds, backend=backend, **kw)
+            ours.update(embed, labels, backend=backend)
+        return step
+
+    providers = {"loop-2021": loop, "pixcontrast-torch": fused("torch")}
+    if device == "cuda":
+        providers["pixcontrast-triton"] = fused("triton")
+    return f"B={b} {h}x{w} D={d} K=19 N=1024 ppu=10", providers
+
+
 # name -> builder(device, quick) -> (shape description, {provider: zero-arg callable}).
-# Add the memory-bank update baseline here (e.g. "bank-update": bank_update_workload).
 WORKLOADS: dict[str, Callable[[str, bool], tuple[str, dict[str, Callable[[], object]]]]] = {
     "sampling": sampling_workload,
+    "bank-update": bank_update_workload,
+    "sampling+update": sampling_and_update_workload,
 }
 
 
