@@ -34,19 +34,17 @@ their pixels take part in nothing. (Raising on them would need a host sync.)
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from pixcontrast._backends import torch_or_triton
+
 __all__ = ["MemoryBank"]
 
 _RAND_BITS = 40  # random low bits of the pixel-pick sort key; the label sits above them
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
 BACKENDS = ("torch", "triton")
 
 
@@ -166,21 +164,7 @@ class MemoryBank(torch.nn.Module):
     def _choose_backend(self, backend: str) -> str:
         if backend not in ("auto",) + BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-        dev = self.features.device.type
-        if backend == "auto":
-            return "triton" if dev == "cuda" and _HAS_TRITON else "torch"
-        if backend == "triton":
-            reasons = []
-            if not _HAS_TRITON:
-                reasons.append("the triton package is not installed")
-            if dev == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-                reasons.append("CPU tensors run only under TRITON_INTERPRET=1")
-            elif dev not in ("cpu", "cuda"):
-                reasons.append(f"device {self.features.device} is not supported")
-            if reasons:
-                raise RuntimeError("backend='triton' cannot update this bank: "
-                                   + "; ".join(reasons))
-        return backend
+        return torch_or_triton(backend, self.features.device, "MemoryBank.update")
 
     def _entries(self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

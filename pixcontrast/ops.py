@@ -19,14 +19,13 @@ backend's reason when none fits; a backend named explicitly never falls back.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from pixcontrast._backends import triton_reasons
 from pixcontrast._extension import has_kernels
 from pixcontrast.infonce import forward_op
 from pixcontrast.reference import pixel_contrast_reference, reduce_rows
@@ -48,7 +47,6 @@ _TRITON_MAX_DIM = 512
 
 # Facts about this process, read once at import: constants for torch.compile to trace.
 _HAS_KERNELS = {key: has_kernels(key) for key in ("CPU", "CUDA")}
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def not_supported_reasons(backend: str, anchors: Tensor, contrast: Tensor | None = None
@@ -74,13 +72,7 @@ def not_supported_reasons(backend: str, anchors: Tensor, contrast: Tensor | None
             reasons.append("cuda: pixcontrast._C was built without CUDA kernels (CPU-only "
                            "torch, no nvcc, or the CUDA backend is not in this build)")
     elif backend == "triton":
-        if not _HAS_TRITON:
-            reasons.append("triton: the triton package is not installed")
-        if dev == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            reasons.append("triton: CPU tensors run only under TRITON_INTERPRET=1 "
-                           "(the Triton interpreter, meant for testing)")
-        elif dev not in ("cpu", "cuda"):
-            reasons.append(f"triton: device {anchors.device} is not supported")
+        reasons += triton_reasons(anchors.device)
         if anchors.shape[-1] > _TRITON_MAX_DIM:
             reasons.append(f"triton: embedding dim {anchors.shape[-1]} > {_TRITON_MAX_DIM}")
     return reasons

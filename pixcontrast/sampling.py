@@ -56,16 +56,14 @@ from the PyTorch path's for the same generator, the rule does not.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 from torch import Tensor
+
+from pixcontrast._backends import torch_or_triton
 
 __all__ = ["sample_anchors", "sampling_quotas", "SAMPLING_BACKENDS"]
 
 SAMPLING_BACKENDS = ("auto", "torch", "triton")
-_HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def sampling_quotas(hard: Tensor, easy: Tensor, views: Tensor | int) -> tuple[Tensor, Tensor]:
@@ -108,18 +106,6 @@ def _check_inputs(labels: Tensor, predictions: Tensor, max_samples: int, max_vie
         raise ValueError(f"backend must be one of {SAMPLING_BACKENDS}, got {backend!r}")
 
 
-def _triton_reasons(device: torch.device) -> list[str]:
-    reasons = []
-    if not _HAS_TRITON:
-        reasons.append("triton: the triton package is not installed")
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        reasons.append("triton: CPU tensors run only under TRITON_INTERPRET=1 "
-                       "(the Triton interpreter, meant for testing)")
-    elif device.type not in ("cpu", "cuda"):
-        reasons.append(f"triton: tensors on {device} are not supported")
-    return reasons
-
-
 def sample_anchors(labels: Tensor, predictions: Tensor, *, max_samples: int = 1024,
                    max_views: int = 100, ignore_index: int = -1,
                    generator: torch.Generator | None = None,
@@ -142,13 +128,7 @@ def sample_anchors(labels: Tensor, predictions: Tensor, *, max_samples: int = 10
         hold ``-1`` and ``ignore_index``.
     """
     _check_inputs(labels, predictions, max_samples, max_views, backend)
-    if backend == "auto":
-        backend = "triton" if labels.device.type == "cuda" and _HAS_TRITON else "torch"
-    elif backend == "triton":
-        reasons = _triton_reasons(labels.device)
-        if reasons:
-            raise RuntimeError("sample_anchors: backend 'triton' cannot run: "
-                               + "; ".join(reasons))
+    backend = torch_or_triton(backend, labels.device, "sample_anchors")
     return _sample(labels, predictions, max_samples, max_views, ignore_index, generator,
                    use_triton=backend == "triton")
 

@@ -56,7 +56,13 @@ def test_large_norms(backend, mode, normalize):
                      temperature=temperature)
     up = torch.randn(())
     ours, ref = run(case, backend=backend, upstream=up), oracle(case, upstream=up)
-    assert_matches(ours, ref, 1e-4, 1e-6)
+    if normalize:
+        assert_matches(ours, ref, 1e-4, 1e-6)
+    else:
+        # logits reach ~1e5: fp32 itself is off by ~1e-2 there, so judge against the dense
+        # fp32 computation's own error (its gradients can be off by tens of percent)
+        dense = run(case, backend="reference", upstream=up)
+        assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
