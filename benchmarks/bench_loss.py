@@ -140,9 +140,13 @@ def available_memory_mb(device: str) -> float:
     return info["MemAvailable"] / 1024
 
 
-def predicted_unfused_mb(n: int, m: int) -> float:
-    # ~10 N×M float32 temporaries alive at the peak (6.9 GB measured at 1024 × 190 000)
-    return 10 * n * m * 4 / 2**20
+def predicted_peak_mb(provider: str, n: int, m: int) -> float:
+    """Peak of the dense formulations, from measurements on the 2-core dev machine."""
+    if provider == "unfused":  # ~10 N×M float32 temporaries (6.9 GB at 1024 × 190 000)
+        return 10 * n * m * 4 / 2**20
+    if provider == "unfused-compiled":  # ~2.3 of them once fused (2.6 GB at 1024 × 300 000)
+        return 2.3 * n * m * 4 / 2**20
+    return 0.0
 
 
 def gemm_rate_tflops(device: str, dtype: torch.dtype, n: int = 1024, d: int = 256,
@@ -202,8 +206,8 @@ def measure_memory(cases: list[dict], args) -> None:
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] memory  {case['workload']} M={case['M']} "
               f"{case['provider']} {case['dtype']}", file=sys.stderr, flush=True)
-        need = predicted_unfused_mb(case["N"], case["M"])
-        if case["provider"].startswith("unfused") and need > 0.8 * avail:
+        need = predicted_peak_mb(case["provider"], case["N"], case["M"])
+        if need > 0.8 * avail:
             case.update(status="oom", error=f"predicted ~{need / 1024:.1f} GB, "
                                              f"{avail / 1024:.1f} GB available: not run")
             continue
