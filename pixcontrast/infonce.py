@@ -23,7 +23,7 @@ from torch import Tensor
 
 from pixcontrast._extension import extension_available
 
-__all__ = ["forward_op", "backward_columns_op"]
+__all__ = ["forward_op"]
 
 _ROW_OUTPUTS = 5  # row_loss, lse, pos_sig, num_pos, row_grad
 
@@ -150,9 +150,3 @@ def forward_op(backend: str) -> Callable[..., tuple[Tensor, ...]]:
             *args, torch.backends.cuda.matmul.allow_tf32)
     return torch.ops.pixcontrast.infonce_forward
 
-
-def backward_columns_op(backend: str) -> Callable[..., tuple[Tensor, Tensor]]:
-    if backend == "triton":
-        return lambda *args: infonce_backward_columns_triton(
-            *args, torch.backends.cuda.matmul.allow_tf32)
-    return torch.ops.pixcontrast.infonce_backward_columns
