@@ -39,4 +39,26 @@ TORCH_LIBRARY(pixcontrast, m) {
       "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
       "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
       "Tensor row_coef) -> (Tensor, Tensor)");
+
+  // Anchor sampling (DESIGN.md §2; driver pixcontrast/sampling.py, CUDA kernels
+  // csrc/cuda/sampling.cu, Triton twins kernels/sampling.py). All tensors 1-D int64 except
+  // easy/valid/kept (bool). Per class-group, the valid hard (column 0) and easy (column 1)
+  // pixel counts: counts [n, 2] int64, n = B·h·w, hw = h·w.
+  m.def(
+      "sampling_run_histogram(Tensor run_key, Tensor rank, Tensor cls, Tensor easy, "
+      "Tensor valid, int hw) -> Tensor");
+  // Writes the selected pixels (flat index, label) into out_idx/out_lab in place.
+  // n-element: cls, easy, rank, lab, pix, pair_of_cls; num_pairs-element: kept, pair_hard,
+  // pair_easy, offset; views: one element (V, on the device).
+  m.def(
+      "sampling_select_scatter(Tensor cls, Tensor easy, Tensor rank, Tensor lab, Tensor pix, "
+      "Tensor pair_of_cls, Tensor kept, Tensor pair_hard, Tensor pair_easy, Tensor offset, "
+      "Tensor views, Tensor(a!) out_idx, Tensor(b!) out_lab, int ignore_index) -> ()");
+  // Memory-bank write (DESIGN.md §2; driver pixcontrast/memory_bank.py): in place,
+  // features[rows[k]] = values[k] and labels[rows[k]] = entry_labels[k] for every k with
+  // keep[k]. features [R, D] float, labels [R] int64, values [E, D] features' dtype,
+  // rows/entry_labels [E] int64, keep [E] bool.
+  m.def(
+      "bank_write(Tensor(a!) features, Tensor(b!) labels, Tensor values, Tensor rows, "
+      "Tensor keep, Tensor entry_labels) -> ()");
 }
