@@ -1,4 +1,4 @@
-"""Where the Triton kernels can run: one answer for every op that has them."""
+"""Where the Triton and CUDA kernels can run: one answer for every op that has them."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import importlib.util
 import os
 
 import torch
+
+from pixcontrast._extension import _BUILD_HINT, extension_available, has_kernels
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
@@ -32,3 +34,30 @@ def torch_or_triton(backend: str, device: torch.device, what: str) -> str:
         if reasons:
             raise RuntimeError(f"{what}: backend 'triton' cannot run: " + "; ".join(reasons))
     return backend
+
+
+def cuda_reasons(device: torch.device, ops: tuple[str, ...]) -> list[str]:
+    """Why the CUDA kernels of ``pixcontrast::<op>`` for each of ``ops`` cannot run on
+    ``device`` (empty list: they can). Asks the dispatcher, so it never touches the GPU."""
+    reasons = []
+    if device.type != "cuda":
+        reasons.append(f"cuda: the CUDA kernels need CUDA tensors, got tensors on {device}")
+    if not extension_available():
+        reasons.append(f"cuda: the C++ extension pixcontrast._C is not built; {_BUILD_HINT}")
+    else:
+        missing = [op for op in ops if not has_kernels("CUDA", op)]
+        if missing:
+            reasons.append(
+                "cuda: pixcontrast._C has no CUDA kernel for " + ", ".join(missing)
+                + f" (built against a torch without CUDA, running {torch.__version__}, or "
+                f"without nvcc, or from older sources); rebuild it with a CUDA build of torch "
+                f"and nvcc present: `pip install --no-build-isolation -e .`")
+    return reasons
+
+
+def require_cuda(device: torch.device, ops: tuple[str, ...], what: str) -> None:
+    """Raise a RuntimeError with every reason when an explicit ``backend="cuda"`` cannot
+    run; never fall back silently."""
+    reasons = cuda_reasons(device, ops)
+    if reasons:
+        raise RuntimeError(f"{what}: backend 'cuda' cannot run: " + "; ".join(reasons))

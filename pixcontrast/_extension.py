@@ -32,7 +32,14 @@ def extension_available() -> bool:
     return True
 
 
-def has_kernels(dispatch_key: str) -> bool:
-    """Whether the extension registered its kernels for ``dispatch_key`` ("CPU", "CUDA")."""
-    return extension_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "pixcontrast::infonce_forward", dispatch_key)
+def has_kernels(dispatch_key: str, op: str = "infonce_forward") -> bool:
+    """Whether the extension registered a kernel of ``pixcontrast::<op>`` for
+    ``dispatch_key`` ("CPU", "CUDA"). False when the op is not even declared (an extension
+    built from older sources)."""
+    if not extension_available():
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"pixcontrast::{op}",
+                                                              dispatch_key)
+    except RuntimeError:  # "operator pixcontrast::<op> does not exist"
+        return False

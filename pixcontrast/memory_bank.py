@@ -24,9 +24,11 @@ control flow), so it can be captured in a CUDA graph or traced by ``torch.compil
    size``; entries with ``e < total - size`` are pushed out within this same update and
    are not written, so kept slots never collide. Pointers then advance by ``total`` (the
    number of entries written, not by 1 as in the 2021 release) modulo ``size``.
-5. Write: a Triton kernel with a masked store on CUDA (kernels/memory_bank.py); on CPU an
-   ``index_copy_`` in which every dropped entry repeats the first kept write (same row,
-   same value), so duplicate indices carry identical data and the result is exact.
+5. Write: a Triton kernel with a masked store on CUDA (kernels/memory_bank.py); with
+   ``backend="cuda"`` the C++/CUDA op ``torch.ops.pixcontrast.bank_write``
+   (csrc/cuda/memory_bank.cu), the same masked store; on CPU an ``index_copy_`` in which
+   every dropped entry repeats the first kept write (same row, same value), so duplicate
+   indices carry identical data and the result is exact. All three write the same bits.
 
 Labels outside ``[0, num_classes)`` (``ignore_index`` or any other value) are ignored:
 their pixels take part in nothing. (Raising on them would need a host sync.)
@@ -39,13 +41,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixcontrast._backends import torch_or_triton
+from pixcontrast._backends import require_cuda, torch_or_triton
+from pixcontrast._extension import extension_available
 
 __all__ = ["MemoryBank"]
 
 _RAND_BITS = 40  # random low bits of the pixel-pick sort key; the label sits above them
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "triton", "cuda")
+
+if extension_available():  # fake kernel: torch.compile traces the in-place CUDA write
+    @torch.library.register_fake("pixcontrast::bank_write")
+    def _fake_bank_write(features, labels, values, rows, keep, entry_labels):
+        return None
 
 
 def _distributed_world() -> int:
@@ -164,6 +172,9 @@ class MemoryBank(torch.nn.Module):
     def _choose_backend(self, backend: str) -> str:
         if backend not in ("auto",) + BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        if backend == "cuda":
+            require_cuda(self.features.device, ("bank_write",), "MemoryBank.update")
+            return backend
         return torch_or_triton(backend, self.features.device, "MemoryBank.update")
 
     def _entries(self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None
@@ -216,8 +227,11 @@ class MemoryBank(torch.nn.Module):
             labels: ``[B, h, w]`` integer, on the embeddings' grid. Values outside
                 ``[0, num_classes)``, ``ignore_index`` among them, are ignored.
             generator: a ``torch.Generator`` on the bank's device for the pixel picks.
-            backend: ``"auto"`` (Triton write on CUDA, torch elsewhere), ``"torch"`` or
-                ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+            backend: ``"auto"`` (Triton write on CUDA, torch elsewhere), ``"torch"``,
+                ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``) or ``"cuda"``
+                (the C++/CUDA write of the extension: a bank on a CUDA device and a CUDA
+                build of ``pixcontrast._C``; raises otherwise). Only the final write
+                differs between backends, and all of them write the same bits.
 
         Under ``torch.distributed`` every rank must call ``update`` with the same ``B``
         (the entries are all-gathered as fixed-shape tensors); all replicas then apply all
@@ -264,6 +278,8 @@ class MemoryBank(torch.nn.Module):
             from pixcontrast.kernels.memory_bank import bank_write
 
             bank_write(feats, lbls, values, rows, keep, entry_labels)
+        elif backend == "cuda":
+            torch.ops.pixcontrast.bank_write(feats, lbls, values, rows, keep, entry_labels)
         else:
             _torch_write(feats, lbls, values, rows, keep, entry_labels)
         self.pointers.add_(torch.stack([seg_total, pix_total], 1)).remainder_(s)

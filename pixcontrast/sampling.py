@@ -50,8 +50,12 @@ tensor has a shape fixed by ``B·h·w`` and ``max_samples``):
    row is a dump for the unselected pixels.
 
 On CUDA (``backend="auto"``) steps 2's histogram and step 4's selection and gather run as
-Triton kernels (kernels/sampling.py); the sort stays in PyTorch. The samples then differ
-from the PyTorch path's for the same generator, the rule does not.
+Triton kernels (kernels/sampling.py); the sort stays in PyTorch. ``backend="cuda"`` runs
+the same two steps as the C++/CUDA ops ``torch.ops.pixcontrast.sampling_run_histogram`` and
+``sampling_select_scatter`` (csrc/cuda/sampling.cu), without Triton's JIT; it needs CUDA
+tensors and an extension built with CUDA, and raises otherwise (it never falls back). All
+paths share the random draws and the sort, and the kernels are deterministic, so for the
+same generator state they return the same samples (the tests compare them bit for bit).
 """
 
 from __future__ import annotations
@@ -59,11 +63,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pixcontrast._backends import torch_or_triton
+from pixcontrast._backends import require_cuda, torch_or_triton
+from pixcontrast._extension import extension_available
 
 __all__ = ["sample_anchors", "sampling_quotas", "SAMPLING_BACKENDS"]
 
-SAMPLING_BACKENDS = ("auto", "torch", "triton")
+SAMPLING_BACKENDS = ("auto", "torch", "triton", "cuda")
+_CUDA_OPS = ("sampling_run_histogram", "sampling_select_scatter")
+
+
+def _fake_run_histogram(run_key, rank, cls, easy, valid, hw):
+    return run_key.new_empty((run_key.shape[0], 2), dtype=torch.int64)
+
+
+def _fake_select_scatter(cls, easy, rank, lab, pix, pair_of_cls, kept, pair_hard, pair_easy,
+                         offset, views, out_idx, out_lab, ignore_index):
+    return None  # writes out_idx / out_lab in place (the schema says so)
+
+
+if extension_available():  # fake kernels: torch.compile traces the CUDA ops
+    torch.library.register_fake("pixcontrast::sampling_run_histogram")(_fake_run_histogram)
+    torch.library.register_fake("pixcontrast::sampling_select_scatter")(_fake_select_scatter)
 
 
 def sampling_quotas(hard: Tensor, easy: Tensor, views: Tensor | int) -> tuple[Tensor, Tensor]:
@@ -120,22 +140,27 @@ def sample_anchors(labels: Tensor, predictions: Tensor, *, max_samples: int = 10
         ignore_index: label of pixels that take no part; fills unused output rows.
         generator: ``torch.Generator`` on the tensors' device, for reproducible draws.
         backend: ``"auto"`` (Triton kernels for CUDA tensors when triton is installed,
-            PyTorch otherwise), ``"torch"`` or ``"triton"`` (CPU tensors only under
-            ``TRITON_INTERPRET=1``).
+            PyTorch otherwise), ``"torch"``, ``"triton"`` (CPU tensors only under
+            ``TRITON_INTERPRET=1``) or ``"cuda"`` (the C++/CUDA kernels of the extension:
+            CUDA tensors and a CUDA build of ``pixcontrast._C``; raises otherwise).
 
     Returns:
         ``(indices [max_samples] int64, anchor_labels [max_samples] int64)``; unused rows
         hold ``-1`` and ``ignore_index``.
     """
     _check_inputs(labels, predictions, max_samples, max_views, backend)
-    backend = torch_or_triton(backend, labels.device, "sample_anchors")
+    if backend == "cuda":
+        require_cuda(labels.device, _CUDA_OPS, "sample_anchors")
+    else:
+        backend = torch_or_triton(backend, labels.device, "sample_anchors")
     return _sample(labels, predictions, max_samples, max_views, ignore_index, generator,
-                   use_triton=backend == "triton")
+                   kernels=backend)
 
 
 def _sample(labels: Tensor, predictions: Tensor, max_samples: int, max_views: int,
-            ignore_index: int, generator: torch.Generator | None, use_triton: bool
+            ignore_index: int, generator: torch.Generator | None, kernels: str
             ) -> tuple[Tensor, Tensor]:
+    """The driver; ``kernels`` ("torch", "triton" or "cuda") runs steps 2 and 4."""
     dev = labels.device
     b, h, w = labels.shape
     hw = h * w
@@ -174,9 +199,13 @@ def _sample(labels: Tensor, predictions: Tensor, max_samples: int, max_views: in
     rank = pos - torch.where(new_run, pos, 0).cummax(0).values
     cls = new_class.long().cumsum(0) - 1           # class-group id, (image, label) order
     valid = lab != ignore_index
-    if use_triton:
+    if kernels == "triton":
         from pixcontrast.kernels.sampling import run_histogram
         counts = run_histogram(run_key, rank, cls, easy, valid, hw)
+        n_hard, n_easy = counts[:, 0], counts[:, 1]
+    elif kernels == "cuda":
+        counts = torch.ops.pixcontrast.sampling_run_histogram(run_key, rank, cls, easy, valid,
+                                                              hw)
         n_hard, n_easy = counts[:, 0], counts[:, 1]
     else:
         n_hard = torch.zeros(n, dtype=torch.int64, device=dev).scatter_add_(
@@ -209,10 +238,15 @@ def _sample(labels: Tensor, predictions: Tensor, max_samples: int, max_views: in
     offset = take.cumsum(0) - take                # exclusive: rows before this pair
 
     # 4. Selection and scatter into the fixed-capacity output.
-    if use_triton:
+    if kernels == "triton":
         from pixcontrast.kernels.sampling import select_scatter
         select_scatter(cls, easy, rank, lab, pix, pair_of_cls, kept, pair_hard, pair_easy,
                        offset, views, out_idx, out_lab, ignore_index)
+        return out_idx[:max_samples], out_lab[:max_samples]
+    if kernels == "cuda":
+        torch.ops.pixcontrast.sampling_select_scatter(
+            cls, easy, rank, lab, pix, pair_of_cls, kept, pair_hard, pair_easy, offset,
+            views.reshape(1), out_idx, out_lab, ignore_index)
         return out_idx[:max_samples], out_lab[:max_samples]
     q_hard, q_easy = sampling_quotas(pair_hard, pair_easy, views)
     pad = torch.zeros(1, dtype=torch.int64, device=dev)
