@@ -101,8 +101,8 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 4 * width, layers[2], dilations=[2] * layers[2])
         grid = tuple(multi_grid) if multi_grid else (1,)
-        self.layer4 = self._make_layer(block, 8 * width, layers[3],
-                                       dilations=[4 * grid[i % len(grid)] for i in range(layers[3])])
+        layer4_rates = [4 * grid[i % len(grid)] for i in range(layers[3])]
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], dilations=layer4_rates)
         self.aux_channels = 4 * width * block.expansion
         self.out_channels = 8 * width * block.expansion
         init_weights(self)
