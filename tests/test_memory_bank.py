@@ -309,13 +309,44 @@ def test_update_validation_names_the_argument():
     with pytest.raises(TypeError, match="labels must be a torch.Tensor"):
         bank.update(emb, labels.tolist())
     with pytest.raises(ValueError, match="backend"):
-        bank.update(emb, labels, backend="cuda")
+        bank.update(emb, labels, backend="cudnn")
     with pytest.raises(ValueError, match="ignore_index=0"):
         MemoryBank(3, 8, ignore_index=0)
     with pytest.raises(ValueError, match="size"):
         MemoryBank(3, 8, size=0)
     with pytest.raises(TypeError, match="dtype"):
         MemoryBank(3, 8, dtype=torch.int32)
+
+
+def test_cuda_backend_refuses_a_cpu_bank():
+    # An explicit "cuda" never falls back to the torch write: it raises and says why.
+    bank = MemoryBank(3, 8, size=10)
+    before = {n: t.clone() for n, t in bank.state_dict().items()}
+    with pytest.raises(RuntimeError,
+                       match=r"MemoryBank.update: backend 'cuda' cannot run.*CUDA tensors"):
+        bank.update(*make_batch(1, 8, 3, 3, 3), backend="cuda")
+    for name, buf in bank.state_dict().items():
+        assert torch.equal(buf, before[name]), name
+
+
+def test_cuda_backend_says_when_kernels_are_missing():
+    from pixcontrast._extension import has_kernels
+
+    if has_kernels("CUDA", "bank_write"):
+        pytest.skip("the extension has the CUDA kernels")
+    bank = MemoryBank(3, 8, size=10)
+    with pytest.raises(RuntimeError, match="no CUDA kernel for bank_write"):
+        bank.update(*make_batch(1, 8, 3, 3, 3), backend="cuda")
+
+
+def test_cuda_enqueue_is_value_free():
+    # The enqueue with the CUDA op on meta tensors (its fake kernel serves Meta): a host
+    # read of any value in the "cuda" path would raise here.
+    bank = MemoryBank(4, 8, size=6, pixels_per_update=2).to("meta")
+    emb = torch.empty(3, 8, 4, 5, device="meta")
+    labels = torch.empty(3, 4, 5, dtype=torch.long, device="meta")
+    bank._enqueue(*bank._entries(emb, labels, None), "cuda")
+    assert bank.features.shape == (4, 2, 6, 8) and bank.features.device.type == "meta"
 
 
 def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
@@ -431,19 +462,20 @@ def test_ddp_replicas_identical_and_match_concatenated_batch(tmp_path, dtype):
 # ------------------------------------------------------------------------------------
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gpu_update_has_no_host_sync_and_matches_oracle(dtype):
+def test_gpu_update_has_no_host_sync_and_matches_oracle(dtype, backend):
     k, d, size, ppu = 19, 64, 50, 10
     bank = MemoryBank(k, d, size=size, pixels_per_update=ppu, ignore_index=IGNORE,
                       dtype=dtype).cuda()
     batches = [make_batch(4, d, 32, 64, k, device="cuda") for _ in range(3)]
     gen = torch.Generator(device="cuda").manual_seed(0)
-    bank.update(*batches[0], gen)              # warm-up: Triton compile, allocator
+    bank.update(*batches[0], gen, backend=backend)  # warm-up: Triton compile, allocator
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for emb, labels in batches[1:]:
-            bank.update(emb, labels, gen)
+            bank.update(emb, labels, gen, backend=backend)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     cpu = MemoryBank(k, d, size=size, pixels_per_update=ppu, ignore_index=IGNORE)
@@ -467,3 +499,96 @@ def test_gpu_triton_write_matches_torch():
                         backend=be)
     for name, buf in banks["torch"].state_dict().items():
         assert torch.equal(buf, banks["triton"].state_dict()[name]), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16,
+                                   torch.float64])
+@pytest.mark.parametrize("k,size,d,ppu", [(3, 5, 7, 3), (4, 40, 300, 3), (19, 30, 256, 10)])
+def test_gpu_cuda_write_matches_torch_and_oracle(dtype, k, size, d, ppu):
+    # Same generator per update: only the final write differs between the backends, so
+    # the banks must agree bit for bit; the loop oracle checks the semantics.
+    banks = {be: MemoryBank(k, d, size=size, pixels_per_update=ppu, ignore_index=IGNORE,
+                            dtype=dtype).cuda() for be in ("torch", "cuda")}
+    batches = [make_batch(4, d, 6, 5, k, device="cuda") for _ in range(3)]
+    for emb, labels in batches:
+        seed = int(torch.randint(0, 2**31, ()))
+        for be, bank in banks.items():
+            bank.update(emb, labels, torch.Generator(device="cuda").manual_seed(seed),
+                        backend=be)
+    for name, buf in banks["torch"].state_dict().items():
+        assert torch.equal(buf, banks["cuda"].state_dict()[name]), name
+    assert (banks["cuda"].labels != IGNORE).any()
+    cpu = MemoryBank(k, d, size=size, pixels_per_update=ppu, ignore_index=IGNORE,
+                     dtype=torch.float64)
+    cpu.load_state_dict({n: t.cpu().double() if t.is_floating_point() else t.cpu()
+                         for n, t in banks["cuda"].state_dict().items()})
+    seg, pix = oracle(batches, k, size, ppu)
+    atol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2 ** -9,
+            torch.bfloat16: 2 ** -8}[dtype]
+    check_segments(cpu, seg, atol=atol)
+    check_pixels(cpu, pix, atol=atol)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_write_is_sync_free_and_graph_capturable():
+    k, d = 19, 64
+    bank = MemoryBank(k, d, size=50, pixels_per_update=10, ignore_index=IGNORE).cuda()
+    twin = MemoryBank(k, d, size=50, pixels_per_update=10, ignore_index=IGNORE).cuda()
+    emb, labels = make_batch(4, d, 16, 32, k, device="cuda")
+    values = torch.randn(7, d, device="cuda")
+    rows = torch.tensor([0, 5, 99, 3, 1000, 7, 12], device="cuda")
+    keep = torch.tensor([True, False, True, True, True, False, True], device="cuda")
+    entry_labels = torch.arange(7, device="cuda")
+    feats, lbls = bank.contrast()
+    torch.ops.pixcontrast.bank_write(feats, lbls, values, rows, keep, entry_labels)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        bank.update(emb, labels, backend="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    # The raw write against its definition.
+    twin.load_state_dict(bank.state_dict())
+    tf, tl = twin.contrast()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.ops.pixcontrast.bank_write(tf, tl, values, rows, keep, entry_labels)
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        torch.ops.pixcontrast.bank_write(tf, tl, values, rows, keep, entry_labels)
+    values.copy_(torch.randn(7, d, device="cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    want_f, want_l = bank.contrast()
+    want_f, want_l = want_f.clone(), want_l.clone()
+    for e in range(7):
+        if keep[e]:
+            want_f[rows[e]] = values[e]
+            want_l[rows[e]] = entry_labels[e]
+    assert torch.equal(tf, want_f) and torch.equal(tl, want_l)
+
+
+@pytest.mark.gpu
+def test_gpu_bank_write_names_the_bad_argument():
+    f = torch.zeros(10, 4, device="cuda")
+    lab = torch.full((10,), IGNORE, device="cuda")
+    v = torch.randn(3, 4, device="cuda")
+    rows = torch.tensor([0, 1, 2], device="cuda")
+    keep = torch.ones(3, dtype=torch.bool, device="cuda")
+    write = torch.ops.pixcontrast.bank_write
+    with pytest.raises(RuntimeError, match="values must have features' dtype"):
+        write(f, lab, v.double(), rows, keep, rows)
+    with pytest.raises(RuntimeError, match="keep must be Bool"):
+        write(f, lab, v, rows, rows, rows)
+    with pytest.raises(RuntimeError, match="entry_labels must be 1-D"):
+        write(f, lab, v, rows, keep, rows[:2])
+    with pytest.raises(RuntimeError, match="labels must be 1-D"):
+        write(f, lab[:9], v, rows, keep, rows)
+    with pytest.raises(RuntimeError, match="features must have contiguous rows"):
+        write(torch.zeros(4, 10, device="cuda").t(), lab, v, rows, keep, rows)
+    with pytest.raises(RuntimeError, match="rows must be a CUDA tensor"):
+        write(f, lab, v, rows.cpu(), keep, rows)
+    assert (lab == IGNORE).all() and (f == 0).all()

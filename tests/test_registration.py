@@ -77,3 +77,55 @@ def test_opcheck_backward_columns(backend, mode):
     if backend == "triton":
         args.append(False)
     torch.library.opcheck(BACKWARD_OPS[backend](), tuple(args))
+
+
+# ------------------------------------------------------------------------------------
+# Sampling and memory-bank ops (CUDA kernels; the schemas and fakes are checked on CPU)
+# ------------------------------------------------------------------------------------
+
+SCHEMAS = {
+    "sampling_run_histogram":
+        "pixcontrast::sampling_run_histogram(Tensor run_key, Tensor rank, Tensor cls, "
+        "Tensor easy, Tensor valid, int hw) -> Tensor",
+    "sampling_select_scatter":
+        "pixcontrast::sampling_select_scatter(Tensor cls, Tensor easy, Tensor rank, "
+        "Tensor lab, Tensor pix, Tensor pair_of_cls, Tensor kept, Tensor pair_hard, "
+        "Tensor pair_easy, Tensor offset, Tensor views, Tensor(a!) out_idx, "
+        "Tensor(b!) out_lab, int ignore_index) -> ()",
+    "bank_write":
+        "pixcontrast::bank_write(Tensor(a!) features, Tensor(b!) labels, Tensor values, "
+        "Tensor rows, Tensor keep, Tensor entry_labels) -> ()",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_sampling_and_bank_schemas(name):
+    import pixcontrast.memory_bank  # noqa: F401  (registers the fake kernels)
+    import pixcontrast.sampling  # noqa: F401
+
+    op = getattr(torch.ops.pixcontrast, name).default
+    assert str(op._schema) == SCHEMAS[name]
+    # In-place ops are declared mutable (alias annotations), so functionalisation and
+    # torch.compile know what they write.
+    mutated = [a.name for a in op._schema.arguments
+               if a.alias_info is not None and a.alias_info.is_write]
+    assert mutated == {"sampling_run_histogram": [],
+                       "sampling_select_scatter": ["out_idx", "out_lab"],
+                       "bank_write": ["features", "labels"]}[name]
+
+
+def test_sampling_and_bank_fake_kernels():
+    import pixcontrast.memory_bank  # noqa: F401
+    import pixcontrast.sampling  # noqa: F401
+
+    n = 11
+    i64 = torch.empty(n, dtype=torch.int64, device="meta")
+    b = torch.empty(n, dtype=torch.bool, device="meta")
+    counts = torch.ops.pixcontrast.sampling_run_histogram(i64, i64, i64, b, b, 11)
+    assert counts.shape == (n, 2) and counts.dtype == torch.int64
+    out = torch.empty(5, dtype=torch.int64, device="meta")
+    assert torch.ops.pixcontrast.sampling_select_scatter(
+        i64, b, i64, i64, i64, i64, b[:3], i64[:3], i64[:3], i64[:3], i64[:1], out,
+        out.clone(), -1) is None
+    f = torch.empty(6, 4, dtype=torch.bfloat16, device="meta")
+    assert torch.ops.pixcontrast.bank_write(f, i64[:6], f[:2], i64[:2], b[:2], i64[:2]) is None

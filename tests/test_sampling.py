@@ -15,11 +15,20 @@ import random
 import pytest
 import torch
 
-from pixcontrast.sampling import sample_anchors
+from pixcontrast.sampling import _sample, sample_anchors
 
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="Triton needs CUDA or TRITON_INTERPRET=1"))]
+    reason="Triton needs CUDA or TRITON_INTERPRET=1")),
+    pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def device_for(backend: str) -> str:
+    """Where a backend's test tensors live: CUDA for "cuda", and for "triton" when a GPU is
+    there (the interpreter only runs CPU tensors under TRITON_INTERPRET=1)."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
 
 
 # --------------------------------------------------------------------------------------
@@ -145,7 +154,8 @@ CASES = [  # B, h, w, max_samples, max_views, ignore_index
 def test_rule_against_oracle(case, backend):
     B, h, w, max_samples, max_views, ignore_index = case
     for _ in range(4):
-        labels, preds = make_maps(B, h, w, max_views, ignore_index)
+        labels, preds = (t.to(device_for(backend))
+                         for t in make_maps(B, h, w, max_views, ignore_index))
         idx, lab = sample_anchors(labels, preds, max_samples=max_samples,
                                   max_views=max_views, ignore_index=ignore_index,
                                   backend=backend)
@@ -163,7 +173,8 @@ def test_pair_subset_when_T_exceeds_max_samples(backend):
         row = torch.cat([row, torch.full((hw - row.numel(),), -1)])
         labels[b] = row[torch.randperm(hw)]
     preds = torch.where(torch.rand(B, hw) < 0.5, labels, labels + 1)
-    labels, preds = labels.reshape(B, 10, 12), preds.reshape(B, 10, 12)
+    dev = device_for(backend)
+    labels, preds = labels.reshape(B, 10, 12).to(dev), preds.reshape(B, 10, 12).to(dev)
     idx, lab = sample_anchors(labels, preds, max_samples=max_samples, max_views=max_views,
                               backend=backend)
     got = check_sample(idx, lab, labels, preds, max_samples, max_views, -1)
@@ -179,7 +190,9 @@ def test_no_eligible_pair(backend):
     preds = torch.randint(0, 5, (2, 6, 8))
     row = torch.repeat_interleave(torch.tensor([0, 3, 7, 9, 11, 12]), max_views)
     small = torch.stack([row[torch.randperm(48)] for _ in range(2)]).reshape(2, 6, 8)
+    dev = device_for(backend)
     for lab_map in (labels, small):
+        lab_map, preds = lab_map.to(dev), preds.to(dev)
         idx, lab = sample_anchors(lab_map, preds, max_samples=16, max_views=max_views,
                                   ignore_index=255, backend=backend)
         assert (idx == -1).all() and (lab == 255).all() and idx.shape == (16,)
@@ -193,6 +206,7 @@ def test_negative_and_large_label_values(backend):
     labels = torch.where(torch.rand(labels.shape) < 0.1, 99, labels)
     wrong = values[torch.randint(0, 5, labels.shape)]
     preds = torch.where(torch.rand(labels.shape) < 0.4, wrong, labels)
+    labels, preds = labels.to(device_for(backend)), preds.to(device_for(backend))
     idx, lab = sample_anchors(labels, preds, max_samples=40, max_views=15, ignore_index=99,
                               backend=backend)
     got = check_sample(idx, lab, labels, preds, 40, 15, 99)
@@ -240,12 +254,14 @@ def test_uniform_frequencies(backend):
     pred[61:] = torch.randint(0, 10, (19,))
     perm = torch.randperm(hw)
     labels, preds = lab[perm].reshape(1, 8, 10), pred[perm].reshape(1, 8, 10)
-    draws = 1500 if backend == "torch" else 300
+    dev = device_for(backend)
+    draws = 300 if backend == "triton" and dev == "cpu" else 1500  # the interpreter is slow
     freq = torch.zeros(hw, dtype=torch.int64)
-    g = torch.Generator().manual_seed(torch.randint(0, 2**31, ()).item())
+    g = torch.Generator(device=dev).manual_seed(torch.randint(0, 2**31, ()).item())
     for _ in range(draws):
-        idx, _ = sample_anchors(labels, preds, max_samples=16, max_views=20,
+        idx, _ = sample_anchors(labels.to(dev), preds.to(dev), max_samples=16, max_views=20,
                                 ignore_index=255, generator=g, backend=backend)
+        idx = idx.cpu()
         freq[idx[idx >= 0]] += 1
     flat_lab, flat_pred = labels.flatten(), preds.flatten()
     for c, n_hard, n_easy in ((4, 12, 18), (9, 5, 26)):
@@ -317,7 +333,35 @@ def test_validation_errors_name_the_argument():
     with pytest.raises(ValueError, match="max_views"):
         sample_anchors(labels, preds, max_views=0)
     with pytest.raises(ValueError, match="backend"):
-        sample_anchors(labels, preds, backend="cuda")
+        sample_anchors(labels, preds, backend="cudnn")
+
+
+def test_cuda_backend_refuses_cpu_tensors():
+    # An explicit "cuda" never falls back: CPU tensors (and, here, an extension without CUDA
+    # kernels) raise and say why.
+    labels = torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run.*need CUDA tensors"):
+        sample_anchors(labels, labels, backend="cuda")
+
+
+def test_cuda_backend_says_when_kernels_are_missing():
+    from pixcontrast._extension import has_kernels
+
+    if has_kernels("CUDA", "sampling_run_histogram"):
+        pytest.skip("the extension has the CUDA kernels")
+    labels = torch.randint(0, 3, (2, 4, 4))
+    with pytest.raises(RuntimeError, match="no CUDA kernel for sampling_run_histogram"):
+        sample_anchors(labels, labels, backend="cuda")
+
+
+@pytest.mark.parametrize("max_samples", [4, 1000])
+def test_cuda_path_is_value_free(max_samples):
+    # The driver with the CUDA ops on meta tensors (their fake kernels serve Meta): any host
+    # read of a value in the "cuda" path would raise here, as in the torch path's test.
+    labels = torch.randint(0, 5, (2, 8, 9), device="meta")
+    idx, lab = _sample(labels, labels, max_samples, 3, -1, None, kernels="cuda")
+    assert idx.shape == lab.shape == (max_samples,)
+    assert idx.dtype == lab.dtype == torch.int64
 
 
 def test_triton_on_cpu_needs_interpreter(monkeypatch):
@@ -328,7 +372,7 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
 def test_cuda_sync_free_and_graph_capturable(backend):
     labels, preds = make_maps(4, 32, 40, 50, 255, num_labels=8)
     labels, preds = labels.cuda(), preds.cuda()
@@ -361,3 +405,59 @@ def test_cuda_sync_free_and_graph_capturable(backend):
         check_sample(g_idx, g_lab, labels, preds, 300, 50, 255)
         seen.add(tuple(g_idx.tolist()))
     assert len(seen) > 1, "replays must draw fresh random numbers"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_matches_torch_bit_for_bit(case):
+    # Same generator state: the backends share the random draws and the sort, and the
+    # kernels are deterministic, so the samples must be identical, not merely valid.
+    B, h, w, max_samples, max_views, ignore_index = case
+    labels, preds = (t.cuda() for t in make_maps(B, h, w, max_views, ignore_index))
+    seed = int(torch.randint(0, 2**31, ()))
+    outs = {}
+    for backend in ("torch", "cuda"):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        outs[backend] = sample_anchors(labels, preds, max_samples=max_samples,
+                                       max_views=max_views, ignore_index=ignore_index,
+                                       generator=g, backend=backend)
+    check_sample(*outs["cuda"], labels, preds, max_samples, max_views, ignore_index)
+    assert torch.equal(outs["cuda"][0], outs["torch"][0])
+    assert torch.equal(outs["cuda"][1], outs["torch"][1])
+
+
+@pytest.mark.gpu
+def test_cuda_compile_fullgraph():
+    torch._dynamo.reset()
+    labels, preds = (t.cuda() for t in make_maps(2, 9, 10, 6, 255))
+    fn = torch.compile(lambda a, b: sample_anchors(a, b, max_samples=30, max_views=6,
+                                                   ignore_index=255, backend="cuda"),
+                       fullgraph=True)
+    idx, lab = fn(labels, preds)
+    check_sample(idx, lab, labels, preds, 30, 6, 255)
+
+
+@pytest.mark.gpu
+def test_cuda_ops_name_the_bad_argument():
+    n = 12
+    i64 = torch.zeros(n, dtype=torch.int64, device="cuda")
+    b = torch.zeros(n, dtype=torch.bool, device="cuda")
+    hist = torch.ops.pixcontrast.sampling_run_histogram
+    with pytest.raises(RuntimeError, match="easy must be Bool"):
+        hist(i64, i64, i64, i64, b, 4)
+    with pytest.raises(RuntimeError, match="rank must be 1-D"):
+        hist(i64, i64[:5], i64, b, b, 4)
+    with pytest.raises(RuntimeError, match="valid must be a CUDA tensor"):
+        hist(i64, i64, i64, b, b.cpu(), 4)
+    with pytest.raises(RuntimeError, match="hw"):
+        hist(i64, i64, i64, b, b, 5)
+    select = torch.ops.pixcontrast.sampling_select_scatter
+    out = torch.full((7,), -1, dtype=torch.int64, device="cuda")
+    p = i64[:3]
+    with pytest.raises(RuntimeError, match="views must hold one element"):
+        select(i64, b, i64, i64, i64, i64, b[:3], p, p, p, p, out, out.clone(), -1)
+    with pytest.raises(RuntimeError, match="pair_easy must be 1-D"):
+        select(i64, b, i64, i64, i64, i64, b[:3], p, i64[:2], p, i64[:1], out, out.clone(), -1)
+    with pytest.raises(RuntimeError, match="out_lab must be contiguous"):
+        strided = torch.full((14,), -1, dtype=torch.int64, device="cuda")[::2]
+        select(i64, b, i64, i64, i64, i64, b[:3], p, p, p, i64[:1], out, strided, -1)
