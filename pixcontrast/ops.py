@@ -7,8 +7,8 @@ Backends:
                accumulation; CPU tensors.
 ``triton``     Triton kernels (kernels/infonce.py), split over the contrast set; CUDA
                tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (slow: for testing).
-``cuda``       CUDA C++ kernels (csrc/cuda/); CUDA tensors, when the extension was built
-               with them.
+``cuda``       CUDA C++ kernels (csrc/cuda/infonce.cu): WMMA tensor-core tiles, split over
+               the contrast set; CUDA tensors, when the extension was built with them.
 ``reference``  Dense plain PyTorch that materialises the ``[N, M]`` logits (the oracle's
                twin, pixcontrast/reference.py).
 =============  ==========================================================================
@@ -42,7 +42,7 @@ _KERNEL_DTYPES = {
     "triton": (torch.float32, torch.bfloat16, torch.float16),
     "cuda": (torch.float32, torch.bfloat16, torch.float16),
 }
-_TRITON_MAX_DIM = 512
+_MAX_DIM = {"triton": 512, "cuda": 512}  # the padded D is kept whole on chip
 
 
 # Facts about this process, read once at import: constants for torch.compile to trace.
@@ -73,8 +73,8 @@ def not_supported_reasons(backend: str, anchors: Tensor, contrast: Tensor | None
                            "torch, no nvcc, or the CUDA backend is not in this build)")
     elif backend == "triton":
         reasons += triton_reasons(anchors.device)
-        if anchors.shape[-1] > _TRITON_MAX_DIM:
-            reasons.append(f"triton: embedding dim {anchors.shape[-1]} > {_TRITON_MAX_DIM}")
+    if backend in _MAX_DIM and anchors.shape[-1] > _MAX_DIM[backend]:
+        reasons.append(f"{backend}: embedding dim {anchors.shape[-1]} > {_MAX_DIM[backend]}")
     return reasons
 
 

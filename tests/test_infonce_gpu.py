@@ -1,13 +1,32 @@
-"""GPU-only checks of the Triton backend (skipped without CUDA)."""
+"""GPU-only checks of the Triton and CUDA backends (skipped without CUDA).
+
+The same grid as the CPU backends (tests/test_infonce.py) against the float64 oracle, in
+fp32 (TF32 off and on), bf16 and fp16; the two GPU backends against each other; no host
+synchronisation; CUDA-graph capture; ``torch.compile(fullgraph=True)``; M·D > 2^31.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests._oracle import assert_lowprec_matches, assert_matches, make_case, oracle, run
+from pixcontrast.ops import fused_pixel_contrast, not_supported_reasons
+from tests._oracle import (
+    IGNORE, assert_lowprec_matches, assert_matches, make_case, oracle, run,
+)
 
 pytestmark = pytest.mark.gpu
+
+GPU_BACKENDS = ["triton", "cuda"]
+MODES = ["self", "bank", "bank+anchors", "bank-grad"]
+
+
+@pytest.fixture(autouse=True)
+def tf32_off():
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def to_cuda(case):
@@ -18,14 +37,22 @@ def to_cuda(case):
     return case
 
 
-@pytest.mark.parametrize("mode", ["self", "bank", "bank+anchors", "bank-grad"])
+def needs(backend):
+    dummy = torch.empty(1, 8, device="cuda")
+    reasons = not_supported_reasons(backend, dummy)
+    if reasons:
+        pytest.fail(f"backend {backend!r} must run on this GPU machine: {reasons}")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("d", [48, 256])
-def test_triton_on_gpu_matches_oracle(mode, dtype, d):
-    torch.backends.cuda.matmul.allow_tf32 = False
+@pytest.mark.parametrize("d", [48, 256, 300])
+def test_gpu_backend_matches_oracle(backend, mode, dtype, d):
+    needs(backend)
     case = to_cuda(make_case(mode, n=333, m=4099, d=d, classes=19, dtype=dtype))
     up = torch.randn((), device="cuda", dtype=torch.float64)
-    ours = run(case, backend="triton", upstream=up)
+    ours = run(case, backend=backend, upstream=up)
     ref = oracle(case, upstream=up)
     if dtype == torch.float32:
         assert_matches(ours, ref, 2e-5, 1e-6)
@@ -34,17 +61,181 @@ def test_triton_on_gpu_matches_oracle(mode, dtype, d):
                                               compute_dtype=dtype))
 
 
-def test_triton_tf32_within_tf32_error():
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("temperature", [0.01, 0.1, 0.5])
+def test_gpu_small_odd_shapes_and_temperatures(backend, mode, temperature):
+    needs(backend)
+    case = to_cuda(make_case(mode, n=37, m=101, d=20, temperature=temperature))
+    up = torch.randn((), device="cuda", dtype=torch.float64)
+    rel = 2e-5 * max(1.0, 0.1 / temperature)
+    assert_matches(run(case, backend=backend, upstream=up), oracle(case, upstream=up), rel, 1e-6)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_gpu_reductions(backend, reduction):
+    needs(backend)
+    case = to_cuda(make_case("bank+anchors", n=129, m=517, d=64))
+    up = (torch.randn(129, device="cuda", dtype=torch.float64) if reduction == "none"
+          else torch.randn((), device="cuda", dtype=torch.float64))
+    ours, ref = run(case, reduction, backend=backend, upstream=up), oracle(case, reduction, up)
+    assert_matches(ours, ref, 2e-5, 1e-6)
+    if reduction == "none":
+        keep = (case.labels != IGNORE) & (ref[0] != 0)
+        assert (ours[0][~keep] == 0).all()
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gpu_large_norms(backend, normalize):
+    needs(backend)
+    temperature = 0.5 if normalize else 50.0
+    case = to_cuda(make_case("bank-grad", n=65, m=301, d=40, scale=300.0, normalize=normalize,
+                             temperature=temperature))
+    up = torch.randn((), device="cuda", dtype=torch.float64)
+    ours, ref = run(case, backend=backend, upstream=up), oracle(case, upstream=up)
+    if normalize:
+        assert_matches(ours, ref, 1e-4, 1e-6)
+    else:
+        dense = run(case, backend="reference", upstream=up)
+        assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_all_rows_ignored_and_no_positive(backend):
+    needs(backend)
+    a = torch.randn(40, 32, device="cuda", requires_grad=True)
+    y = torch.full((40,), IGNORE, device="cuda")
+    bank = torch.randn(100, 32, device="cuda")
+    z = torch.randint(0, 3, (100,), device="cuda")
+    loss = fused_pixel_contrast(a, y, bank, z, backend=backend)
+    loss.backward()
+    assert loss.item() == 0 and torch.count_nonzero(a.grad) == 0
+    y = torch.full((40,), 7, device="cuda")  # a class absent from the bank: no positive
+    a.grad = None
+    loss = fused_pixel_contrast(a, y, bank, z, backend=backend)
+    loss.backward()
+    assert loss.item() == 0 and torch.count_nonzero(a.grad) == 0
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_tf32_within_tf32_error(backend):
+    needs(backend)
     case = to_cuda(make_case("bank", n=256, m=8191, d=256, classes=19))
     up = torch.ones((), device="cuda", dtype=torch.float64)
     ref = oracle(case, upstream=up)
     torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        ours = run(case, backend="triton", upstream=up)
-        dense = run(case, backend="oracle", upstream=up, compute_dtype=torch.float32)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
+    ours = run(case, backend=backend, upstream=up)
+    dense = run(case, backend="oracle", upstream=up, compute_dtype=torch.float32)
     assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_and_triton_agree(dtype, mode):
+    needs("cuda")
+    needs("triton")
+    case = to_cuda(make_case(mode, n=300, m=3001, d=128, classes=19, dtype=dtype))
+    up = torch.randn((), device="cuda", dtype=torch.float64)
+    a = run(case, backend="cuda", upstream=up)
+    b = run(case, backend="triton", upstream=up)
+    rtol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert_matches(a, b, rtol, 1e-6, what="cuda vs triton: ")
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_deterministic(backend):
+    needs(backend)
+    case = to_cuda(make_case("bank+anchors", n=200, m=5000, d=64, classes=19))
+    up = torch.ones((), device="cuda", dtype=torch.float64)
+    first, second = run(case, backend=backend, upstream=up), run(case, backend=backend,
+                                                                upstream=up)
+    for x, y in zip(first, second):
+        if x is not None:
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("mode", ["bank", "bank+anchors", "bank-grad"])
+def test_gpu_no_host_sync_and_graph_capture(backend, mode):
+    needs(backend)
+    case = to_cuda(make_case(mode, n=256, m=4096, d=64, classes=19))
+    a = case.anchors.clone().requires_grad_()
+    c = case.contrast.clone().requires_grad_(case.contrast_grad)
+
+    def step():
+        a.grad = None
+        c.grad = None
+        loss = fused_pixel_contrast(a, case.labels, c, case.contrast_labels, backend=backend,
+                                    **case.kwargs())
+        loss.backward()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up (Triton compilation, allocator)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_loss = step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_loss, ref_ga, _ = oracle(case, upstream=torch.ones((), dtype=torch.float64,
+                                                               device="cuda"))
+    torch.testing.assert_close(static_loss.double(), ref_loss, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a.grad.double(), ref_ga, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_compile_fullgraph(backend):
+    needs(backend)
+    torch._dynamo.reset()
+    case = to_cuda(make_case("bank-grad", n=64, m=500, d=32))
+
+    def loss_fn(a, c):
+        return fused_pixel_contrast(a, case.labels, c, case.contrast_labels, backend=backend,
+                                    **case.kwargs())
+
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    a = case.anchors.clone().requires_grad_()
+    c = case.contrast.clone().requires_grad_()
+    loss = compiled(a, c)
+    loss.backward()
+    ref_loss, ref_ga, ref_gc = oracle(case, upstream=torch.ones((), dtype=torch.float64,
+                                                                    device="cuda"))
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a.grad.double(), ref_ga, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(c.grad.double(), ref_gc, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["self", "bank+anchors", "bank-grad"])
+def test_cuda_opcheck(mode):
+    needs("cuda")
+    case = to_cuda(make_case(mode, n=13, m=17, d=20))
+    c = case.contrast if case.contrast is not None else case.anchors.new_empty((0, 20))
+    z = (case.contrast_labels if case.contrast_labels is not None
+         else torch.empty(0, dtype=torch.long, device="cuda"))
+    self_contrast = mode != "bank-grad"
+    args = (case.anchors.clone().requires_grad_(), case.labels, c, z, self_contrast,
+            1 / case.temperature, -1, True, True)
+    torch.library.opcheck(torch.ops.pixcontrast.infonce_forward.default, args)
+
+
+def test_cuda_rejects_wide_embeddings():
+    needs("cuda")
+    a = torch.randn(8, 600, device="cuda")
+    y = torch.randint(0, 3, (8,), device="cuda")
+    with pytest.raises(RuntimeError, match="cuda: embedding dim 600 > 512"):
+        fused_pixel_contrast(a, y, backend="cuda")
 
 
 def chunked_loss(a, y, bank, z, tau=0.1, base=0.07, chunk=1 << 20):
@@ -68,15 +259,18 @@ def chunked_loss(a, y, bank, z, tau=0.1, base=0.07, chunk=1 << 20):
     return tau / base * (total / npos).mean()
 
 
-def test_triton_int64_indexing_beyond_2_31():
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_int64_indexing_beyond_2_31(backend):
     """M·D > 2^31 elements: offsets must be computed in int64."""
-    from pixcontrast.ops import fused_pixel_contrast
+    needs(backend)
     d = 64
     m = (2**31) // d + 4097
     bank_labels = torch.randint(0, 19, (m,), device="cuda").sort().values
     bank = torch.randn(m, d, device="cuda", dtype=torch.bfloat16)
     a = torch.randn(64, d, device="cuda", dtype=torch.bfloat16)
     y = torch.randint(0, 19, (64,), device="cuda")
-    loss = fused_pixel_contrast(a, y, bank, bank_labels, backend="triton")
+    loss = fused_pixel_contrast(a, y, bank, bank_labels, backend=backend)
     ref = chunked_loss(a, y, bank, bank_labels)
     assert abs(loss.float().item() - ref.item()) <= 2e-3 * abs(ref.item())
+    del bank
+    torch.cuda.empty_cache()

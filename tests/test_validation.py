@@ -72,6 +72,21 @@ def test_named_backend_that_cannot_run_says_why(monkeypatch):
         fused_pixel_contrast(a.double(), y, c.double(), z, backend="triton")
 
 
+def test_cuda_backend_on_a_cpu_only_build_says_so():
+    """A build without CUDA kernels names that reason, on top of the device mismatch."""
+    from pixcontrast.ops import not_supported_reasons
+    a, y, c, z = inputs()
+    reasons = not_supported_reasons("cuda", a, c)
+    assert any("not a CUDA device" in r for r in reasons)
+    has_cuda_kernels = torch._C._dispatch_has_kernel_for_dispatch_key(
+        "pixcontrast::infonce_forward", "CUDA")
+    assert any("built without CUDA kernels" in r for r in reasons) == (not has_cuda_kernels)
+    wide = torch.randn(4, 600)
+    assert any("embedding dim 600 > 512" in r for r in not_supported_reasons("cuda", wide))
+    with pytest.raises(RuntimeError, match="backend='cuda' cannot run these inputs: cuda: "):
+        fused_pixel_contrast(a, y, c, z, backend="cuda")
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
 @pytest.mark.parametrize("where", ["anchors", "contrast"])
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
