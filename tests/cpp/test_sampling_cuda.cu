@@ -1,0 +1,310 @@
+// Framework-free test of the CUDA sampling and memory-bank launchers (csrc/cuda/sampling.h,
+// csrc/cuda/memory_bank.h) against straightforward CPU computations written here.
+//
+// Links only cudart and the launchers' .cu files. Exit codes: 0 pass, 1 mismatch (with a
+// message), 77 no CUDA device (CTest SKIP_RETURN_CODE). Random inputs with a fresh seed
+// per run, printed; pass a seed as argv[1] to reproduce.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "cuda/memory_bank.h"
+#include "cuda/sampling.h"
+
+namespace {
+
+int g_failures = 0;
+
+#define CUDA_OK(expr)                                                                   \
+  do {                                                                                  \
+    cudaError_t err_ = (expr);                                                          \
+    if (err_ != cudaSuccess) {                                                          \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr,         \
+                   cudaGetErrorString(err_));                                           \
+      std::exit(1);                                                                     \
+    }                                                                                   \
+  } while (0)
+
+void fail(const char* what) {
+  std::fprintf(stderr, "MISMATCH: %s\n", what);
+  ++g_failures;
+}
+
+// A device copy of a host vector, freed at scope exit.
+template <typename T>
+struct Device {
+  T* ptr = nullptr;
+  size_t count = 0;
+  explicit Device(const std::vector<T>& host) : count(host.size()) {
+    CUDA_OK(cudaMalloc(&ptr, std::max<size_t>(count, 1) * sizeof(T)));
+    if (count) {
+      CUDA_OK(cudaMemcpy(ptr, host.data(), count * sizeof(T), cudaMemcpyHostToDevice));
+    }
+  }
+  ~Device() { cudaFree(ptr); }
+  Device(const Device&) = delete;
+  Device& operator=(const Device&) = delete;
+  std::vector<T> to_host() const {
+    std::vector<T> host(count);
+    if (count) {
+      CUDA_OK(cudaMemcpy(host.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
+    }
+    return host;
+  }
+};
+
+// bool vectors are bit-packed in std::vector<bool>: store them as uint8 (same bytes as
+// the launchers' bool) and hand the pointer over as bool*.
+using Flags = std::vector<uint8_t>;
+const bool* as_bool(const Device<uint8_t>& d) { return reinterpret_cast<const bool*>(d.ptr); }
+
+// The quota rule in the words of DESIGN.md §2 (x >= V/2 as a real comparison).
+void quota(int64_t hard, int64_t easy, int64_t v, int64_t* q_hard, int64_t* q_easy) {
+  if (hard >= v / 2.0 && easy >= v / 2.0) {
+    *q_hard = v / 2;
+    *q_easy = v - v / 2;
+  } else if (hard >= v / 2.0) {
+    *q_hard = v - easy;
+    *q_easy = easy;
+  } else {
+    *q_hard = hard;
+    *q_easy = v - hard;
+  }
+}
+
+// One sampling case: builds the driver's sorted arrays on the CPU (as
+// pixcontrast/sampling.py::_sample does), runs both launchers, compares.
+void sampling_case(std::mt19937_64& rng, int64_t images, int64_t hw, int64_t max_samples,
+                   int64_t max_views, int64_t ignore_index) {
+  const int64_t n = images * hw;
+  const int64_t num_labels = 2 + static_cast<int64_t>(rng() % 6);
+  std::vector<int64_t> classes(num_labels);
+  for (auto& c : classes) {
+    c = static_cast<int64_t>(rng() % 41) - 10;  // negative labels too
+    if (c == ignore_index) c = 100;
+  }
+  // Per image: label and easy flag of each pixel, then a random order, then a stable sort
+  // by run_key = 2·label + easy.
+  std::vector<int64_t> run_key(n), rank(n), cls(n), lab(n), pix(n);
+  Flags easy(n), valid(n);
+  for (int64_t b = 0; b < images; ++b) {
+    std::vector<int64_t> label(hw), is_easy(hw);
+    for (int64_t j = 0; j < hw; ++j) {
+      label[j] = rng() % 5 == 0 ? ignore_index : classes[rng() % num_labels];
+      is_easy[j] = static_cast<int64_t>(rng() % 3 != 0);
+    }
+    std::vector<int64_t> order(hw);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+      return 2 * label[x] + is_easy[x] < 2 * label[y] + is_easy[y];
+    });
+    for (int64_t j = 0; j < hw; ++j) {
+      const int64_t i = b * hw + j, src = order[j];
+      run_key[i] = 2 * label[src] + is_easy[src];
+      lab[i] = label[src];
+      easy[i] = static_cast<uint8_t>(is_easy[src]);
+      valid[i] = static_cast<uint8_t>(label[src] != ignore_index);
+      pix[i] = b * hw + src;
+    }
+  }
+  int64_t group = -1;
+  for (int64_t i = 0; i < n; ++i) {
+    const bool row_start = i % hw == 0;
+    const bool new_run = row_start || run_key[i] != run_key[i - 1];
+    const bool new_class = row_start || lab[i] != lab[i - 1];
+    rank[i] = new_run ? 0 : rank[i - 1] + 1;
+    group += new_class ? 1 : 0;
+    cls[i] = group;
+  }
+
+  // CPU histogram: counts[cls·2 + easy] += valid.
+  std::vector<int64_t> want_counts(2 * n, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    want_counts[cls[i] * 2 + easy[i]] += valid[i];
+  }
+
+  Device<int64_t> d_key(run_key), d_rank(rank), d_cls(cls), d_lab(lab), d_pix(pix);
+  Device<uint8_t> d_easy(easy), d_valid(valid);
+  Device<int64_t> d_counts(std::vector<int64_t>(2 * n, -7));  // garbage: must be zeroed
+  CUDA_OK(pixcontrast::cuda::sampling_run_histogram(d_key.ptr, d_rank.ptr, d_cls.ptr,
+                                                    as_bool(d_easy), as_bool(d_valid), n, hw,
+                                                    d_counts.ptr, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  if (d_counts.to_host() != want_counts) fail("sampling_run_histogram counts");
+
+  // Pairs: eligible class-groups compacted into p slots, a random max_samples subset kept.
+  const int64_t p = std::max<int64_t>(n / (max_views + 1), 1);
+  std::vector<int64_t> pair_of_cls(n, p), cls_of_pair;
+  for (int64_t c = 0; c < n; ++c) {
+    if (want_counts[2 * c] + want_counts[2 * c + 1] > max_views) {
+      pair_of_cls[c] = static_cast<int64_t>(cls_of_pair.size());
+      cls_of_pair.push_back(c);
+    }
+  }
+  const int64_t num_pairs = static_cast<int64_t>(cls_of_pair.size());
+  if (num_pairs > p) fail("more eligible pairs than n / (max_views + 1)");
+  const int64_t views =
+      std::max<int64_t>(std::min(max_samples / std::max<int64_t>(num_pairs, 1), max_views), 1);
+  std::vector<int64_t> chosen(num_pairs);
+  std::iota(chosen.begin(), chosen.end(), 0);
+  std::shuffle(chosen.begin(), chosen.end(), rng);
+  chosen.resize(std::min(num_pairs, max_samples));
+  Flags kept(p, 0);
+  for (int64_t q : chosen) kept[q] = 1;
+  std::vector<int64_t> pair_hard(p, 0), pair_easy(p, 0), offset(p, 0);
+  int64_t rows_before = 0;
+  for (int64_t q = 0; q < num_pairs; ++q) {
+    if (!kept[q]) continue;
+    pair_hard[q] = want_counts[2 * cls_of_pair[q]];
+    pair_easy[q] = want_counts[2 * cls_of_pair[q] + 1];
+    offset[q] = rows_before;
+    rows_before += views;
+  }
+  for (int64_t q = 0; q < num_pairs; ++q) {
+    if (!kept[q]) offset[q] = rows_before;  // as the driver's exclusive cumsum
+  }
+
+  // CPU selection: per kept pair in order, its first q_hard hard pixels then its first
+  // q_easy easy ones, in sorted order (the runs are in random order), appended.
+  const int64_t out_size = max_samples + 1;
+  std::vector<int64_t> want_idx(out_size, -1), want_lab(out_size, ignore_index);
+  int64_t row = 0;
+  for (int64_t q = 0; q < num_pairs; ++q) {
+    if (!kept[q]) continue;
+    int64_t q_hard, q_easy;
+    quota(pair_hard[q], pair_easy[q], views, &q_hard, &q_easy);
+    for (int pass = 0; pass < 2; ++pass) {
+      int64_t taken = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (cls[i] != cls_of_pair[q] || easy[i] != pass) continue;
+        if (taken == (pass ? q_easy : q_hard)) break;
+        want_idx[row] = pix[i];
+        want_lab[row] = lab[i];
+        ++row;
+        ++taken;
+      }
+    }
+  }
+  if (row != views * static_cast<int64_t>(chosen.size()) || row > max_samples) {
+    fail("CPU reference: the rule's row count V * min(T, max_samples)");
+  }
+
+  Device<int64_t> d_pair_of_cls(pair_of_cls), d_pair_hard(pair_hard), d_pair_easy(pair_easy),
+      d_offset(offset), d_views(std::vector<int64_t>{views});
+  Device<uint8_t> d_kept(kept);
+  Device<int64_t> d_out_idx(std::vector<int64_t>(out_size, -1)),
+      d_out_lab(std::vector<int64_t>(out_size, ignore_index));
+  CUDA_OK(pixcontrast::cuda::sampling_select_scatter(
+      d_cls.ptr, as_bool(d_easy), d_rank.ptr, d_lab.ptr, d_pix.ptr, d_pair_of_cls.ptr, n,
+      as_bool(d_kept), d_pair_hard.ptr, d_pair_easy.ptr, d_offset.ptr, p, d_views.ptr,
+      ignore_index, d_out_idx.ptr, d_out_lab.ptr, out_size, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  if (d_out_idx.to_host() != want_idx) fail("sampling_select_scatter out_idx");
+  if (d_out_lab.to_host() != want_lab) fail("sampling_select_scatter out_lab");
+}
+
+// One bank-write case for element type T (compared as raw bytes).
+template <typename T>
+void bank_case(std::mt19937_64& rng, int64_t num_rows, int64_t dim, int64_t num_entries,
+               const char* name) {
+  const int64_t f_stride = dim + static_cast<int64_t>(rng() % 3);  // padded rows
+  const int64_t v_stride = dim + static_cast<int64_t>(rng() % 3);
+  auto random_bytes = [&](size_t count) {
+    std::vector<T> out(count);
+    auto* bytes = reinterpret_cast<unsigned char*>(out.data());
+    for (size_t i = 0; i < count * sizeof(T); ++i) bytes[i] = static_cast<unsigned char>(rng());
+    return out;
+  };
+  std::vector<T> features = random_bytes(static_cast<size_t>(num_rows * f_stride));
+  std::vector<T> values = random_bytes(static_cast<size_t>(num_entries * v_stride));
+  std::vector<int64_t> labels(num_rows, -1), rows(num_entries), entry_labels(num_entries);
+  Flags keep(num_entries);
+  // Kept entries go to distinct rows; dropped ones anywhere (often onto a kept row).
+  std::vector<int64_t> perm(num_rows);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  for (int64_t e = 0; e < num_entries; ++e) {
+    keep[e] = static_cast<uint8_t>(e < num_rows && rng() % 3 != 0);
+    rows[e] = keep[e] ? perm[e] : static_cast<int64_t>(rng() % num_rows);
+    entry_labels[e] = static_cast<int64_t>(rng() % 1000);
+  }
+  std::vector<T> want = features;
+  std::vector<int64_t> want_labels = labels;
+  for (int64_t e = 0; e < num_entries; ++e) {
+    if (!keep[e]) continue;
+    std::memcpy(&want[rows[e] * f_stride], &values[e * v_stride], dim * sizeof(T));
+    want_labels[rows[e]] = entry_labels[e];
+  }
+  Device<T> d_features(features), d_values(values);
+  Device<int64_t> d_labels(labels), d_rows(rows), d_entry_labels(entry_labels);
+  Device<uint8_t> d_keep(keep);
+  CUDA_OK(pixcontrast::cuda::bank_write<T>(d_features.ptr, f_stride, d_labels.ptr, num_rows,
+                                           d_values.ptr, v_stride, d_rows.ptr, as_bool(d_keep),
+                                           d_entry_labels.ptr, num_entries, dim, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<T> got = d_features.to_host();
+  if (std::memcmp(got.data(), want.data(), want.size() * sizeof(T)) != 0) {
+    std::fprintf(stderr, "bank_write<%s> rows=%lld dim=%lld entries=%lld\n", name,
+                 static_cast<long long>(num_rows), static_cast<long long>(dim),
+                 static_cast<long long>(num_entries));
+    fail("bank_write features (kept rows copied bit for bit, everything else untouched)");
+  }
+  if (d_labels.to_host() != want_labels) fail("bank_write labels");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("test_sampling_cuda: no CUDA device, skipping\n");
+    return 77;
+  }
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
+  std::printf("test_sampling_cuda: seed %llu\n", static_cast<unsigned long long>(seed));
+  std::mt19937_64 rng(seed);
+
+  // images, hw, max_samples, max_views, ignore_index
+  const int64_t cases[][5] = {
+      {3, 156, 64, 10, 255},  // V = max_samples // T
+      {4, 99, 1000, 8, -1},   // V capped by max_views
+      {2, 256, 5, 6, 255},    // T > max_samples: a random subset of pairs, V = 1
+      {5, 35, 3, 2, -1},      // tiny max_views
+      {1, 340, 1, 30, 255},   // max_samples = 1
+      {2, 100, 37, 1, -1},    // max_views = 1
+      {8, 4096, 1024, 100, 255},  // several blocks of threads
+  };
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    for (const auto& c : cases) {
+      sampling_case(rng, c[0], c[1], c[2], c[3], c[4]);
+    }
+  }
+  for (int64_t dim : {1, 7, 128, 300}) {
+    bank_case<float>(rng, 50, dim, 40, "float");
+    bank_case<double>(rng, 13, dim, 30, "double");
+    bank_case<__half>(rng, 64, dim, 64, "half");
+    bank_case<__nv_bfloat16>(rng, 90, dim, 200, "bfloat16");
+  }
+  // Empty inputs launch nothing and succeed, even with null pointers.
+  CUDA_OK(pixcontrast::cuda::sampling_run_histogram(nullptr, nullptr, nullptr, nullptr,
+                                                    nullptr, 0, 1, nullptr, nullptr));
+  CUDA_OK(pixcontrast::cuda::bank_write<float>(nullptr, 4, nullptr, 10, nullptr, 4, nullptr,
+                                               nullptr, nullptr, 0, 4, nullptr));
+  CUDA_OK(cudaDeviceSynchronize());
+
+  if (g_failures) {
+    std::fprintf(stderr, "test_sampling_cuda: %d mismatch(es), seed %llu\n", g_failures,
+                 static_cast<unsigned long long>(seed));
+    return 1;
+  }
+  std::printf("test_sampling_cuda: all checks passed\n");
+  return 0;
+}
