@@ -36,28 +36,35 @@ def torch_or_triton(backend: str, device: torch.device, what: str) -> str:
     return backend
 
 
-def cuda_reasons(device: torch.device, ops: tuple[str, ...]) -> list[str]:
-    """Why the CUDA kernels of ``pixcontrast::<op>`` for each of ``ops`` cannot run on
-    ``device`` (empty list: they can). Asks the dispatcher, so it never touches the GPU."""
+def missing_cuda_kernels(ops: tuple[str, ...]) -> list[str] | None:
+    """The ops among ``pixcontrast::<op>`` for ``ops`` without a CUDA kernel, or ``None``
+    when the extension is not built. Call it once, at import: the dispatcher query does not
+    trace under ``torch.compile`` (fullgraph), a module constant does."""
+    if not extension_available():
+        return None
+    return [op for op in ops if not has_kernels("CUDA", op)]
+
+
+def cuda_reasons(device: torch.device, missing: list[str] | None) -> list[str]:
+    """Why the CUDA kernels cannot run on ``device`` (empty list: they can); ``missing`` is
+    :func:`missing_cuda_kernels`' answer for the ops needed."""
     reasons = []
     if device.type != "cuda":
         reasons.append(f"cuda: the CUDA kernels need CUDA tensors, got tensors on {device}")
-    if not extension_available():
+    if missing is None:
         reasons.append(f"cuda: the C++ extension pixcontrast._C is not built; {_BUILD_HINT}")
-    else:
-        missing = [op for op in ops if not has_kernels("CUDA", op)]
-        if missing:
-            reasons.append(
-                "cuda: pixcontrast._C has no CUDA kernel for " + ", ".join(missing)
-                + f" (built against a torch without CUDA, running {torch.__version__}, or "
-                f"without nvcc, or from older sources); rebuild it with a CUDA build of torch "
-                f"and nvcc present: `pip install --no-build-isolation -e .`")
+    elif missing:
+        reasons.append(
+            "cuda: pixcontrast._C has no CUDA kernel for " + ", ".join(missing)
+            + f" (built against a torch without CUDA, running {torch.__version__}, or "
+            f"without nvcc, or from older sources); rebuild it with a CUDA build of torch "
+            f"and nvcc present: `pip install --no-build-isolation -e .`")
     return reasons
 
 
-def require_cuda(device: torch.device, ops: tuple[str, ...], what: str) -> None:
+def require_cuda(device: torch.device, missing: list[str] | None, what: str) -> None:
     """Raise a RuntimeError with every reason when an explicit ``backend="cuda"`` cannot
     run; never fall back silently."""
-    reasons = cuda_reasons(device, ops)
+    reasons = cuda_reasons(device, missing)
     if reasons:
         raise RuntimeError(f"{what}: backend 'cuda' cannot run: " + "; ".join(reasons))

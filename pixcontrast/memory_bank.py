@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixcontrast._backends import require_cuda, torch_or_triton
+from pixcontrast._backends import missing_cuda_kernels, require_cuda, torch_or_triton
 from pixcontrast._extension import extension_available
 
 __all__ = ["MemoryBank"]
@@ -49,6 +49,7 @@ __all__ = ["MemoryBank"]
 _RAND_BITS = 40  # random low bits of the pixel-pick sort key; the label sits above them
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 BACKENDS = ("torch", "triton", "cuda")
+_MISSING_CUDA = missing_cuda_kernels(("bank_write",))  # once: the query does not trace
 
 if extension_available():  # fake kernel: torch.compile traces the in-place CUDA write
     @torch.library.register_fake("pixcontrast::bank_write")
@@ -173,7 +174,7 @@ class MemoryBank(torch.nn.Module):
         if backend not in ("auto",) + BACKENDS:
             raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
         if backend == "cuda":
-            require_cuda(self.features.device, ("bank_write",), "MemoryBank.update")
+            require_cuda(self.features.device, _MISSING_CUDA, "MemoryBank.update")
             return backend
         return torch_or_triton(backend, self.features.device, "MemoryBank.update")
 
