@@ -42,7 +42,9 @@ class PixelContrastLoss(nn.Module):
         pixels_per_update: pixel entries per (image, class) enqueued into the bank.
         include_anchors: with a bank, also contrast against the batch's other anchors.
         backend: fused op backend (``"auto"``, ``"cpu"``, ``"triton"``, ``"cuda"``,
-            ``"reference"``).
+            ``"reference"``). ``"triton"`` and ``"cuda"`` also select that backend for the
+            anchor sampling and the bank update; the others leave those on ``"auto"``
+            (PyTorch on CPU, Triton on CUDA).
         memory_dtype: storage dtype of the bank (float32 or bfloat16).
 
     ``forward(embed [B, D, h, w], labels [B, H, W], predictions)`` where ``predictions`` is
@@ -66,6 +68,8 @@ class PixelContrastLoss(nn.Module):
         self.temperature, self.base_temperature = temperature, base_temperature
         self.max_samples, self.max_views = max_samples, max_views
         self.ignore_index, self.include_anchors, self.backend = ignore_index, include_anchors, backend
+        # sampling and bank update follow an explicit GPU kernel backend
+        self._step_backend = backend if backend in ("triton", "cuda") else "auto"
         self.memory = (MemoryBank(num_classes, dim, size=memory_size,
                                   pixels_per_update=pixels_per_update,
                                   ignore_index=ignore_index, dtype=memory_dtype)
@@ -95,7 +99,7 @@ class PixelContrastLoss(nn.Module):
         grid_labels, grid_pred = self._grid_targets(embed, labels, predictions)
         idx, anchor_labels = sample_anchors(
             grid_labels, grid_pred, max_samples=self.max_samples, max_views=self.max_views,
-            ignore_index=self.ignore_index, generator=generator)
+            ignore_index=self.ignore_index, generator=generator, backend=self._step_backend)
         d = embed.shape[1]
         # Unused rows (index -1) gather pixel 0 and carry ignore_index: they take no part.
         anchors = embed.permute(0, 2, 3, 1).reshape(-1, d).index_select(0, idx.clamp(min=0))
@@ -115,7 +119,7 @@ class PixelContrastLoss(nn.Module):
         if self.memory is None:
             return
         self.memory.update(embed.detach(), resize_labels(labels, tuple(embed.shape[-2:])),
-                           generator=generator)
+                           generator=generator, backend=self._step_backend)
 
 
 class ContrastCELoss(nn.Module):

@@ -64,6 +64,19 @@ def test_predictions_as_logits_or_class_map_at_any_size(fresh_seed):
     assert torch.equal(a, b) and a > 0
 
 
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_explicit_gpu_backend_drives_the_whole_step(fresh_seed, backend, monkeypatch):
+    """backend="triton"/"cuda" is used for sampling and the bank update too, not only the
+    op: on CPU tensors (no interpreter) the sampler is the first to refuse, naming why."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    labels = blobs(h=16, w=20)
+    embed = embed_for(labels)
+    loss_fn = PixelContrastLoss(max_samples=48, max_views=8, ignore_index=IGN, num_classes=4,
+                                memory_size=20, dim=embed.shape[1], backend=backend)
+    with pytest.raises(RuntimeError, match=f"sample_anchors.*{backend}"):
+        loss_fn(embed, labels, torch.randn(2, 4, 16, 20))
+
+
 def test_all_ignored_batch_gives_zero(fresh_seed):
     labels = torch.full((2, 8, 8), IGN)
     embed = embed_for(labels.clamp(max=3))
@@ -188,12 +201,14 @@ def test_class_weights():
 
 
 @pytest.mark.gpu
-def test_whole_step_is_sync_free_and_graph_capturable():
+@pytest.mark.parametrize("backend", ["auto", "triton", "cuda"])
+def test_whole_step_is_sync_free_and_graph_capturable(backend):
     """Sample, contrast against the bank, backward, enqueue: no host sync, one CUDA graph."""
     dev = "cuda"
     b, d, h, w, k = 4, 64, 32, 64, 19
     loss_fn = PixelContrastLoss(max_samples=256, max_views=20, ignore_index=IGN,
-                                num_classes=k, memory_size=200, dim=d).to(dev)
+                                num_classes=k, memory_size=200, dim=d,
+                                backend=backend).to(dev)
     labels = blobs(b, h, w, classes=k).to(dev)
     static_embed = torch.randn(b, d, h, w, device=dev, requires_grad=True)
     static_logits = torch.randn(b, k, h, w, device=dev)
