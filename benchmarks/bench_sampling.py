@@ -106,6 +106,16 @@ def make_label_maps(batch: int, h: int, w: int, classes: int, device: str,
     return labels.to(device).contiguous(), preds.to(device).contiguous()
 
 
+def gpu_backends(device: str) -> list[str]:
+    """Kernel backends of sampling and the bank update that run on ``device``."""
+    if device != "cuda":
+        return []
+    from pixcontrast._backends import missing_cuda_kernels
+    missing = missing_cuda_kernels(("sampling_run_histogram", "sampling_select_scatter",
+                                    "bank_write"))
+    return ["triton"] + (["cuda"] if missing == [] else [])
+
+
 def sampling_workload(device: str, quick: bool):
     b, h, w = (2, 64, 128) if quick else (8, 128, 256)
     labels, preds = make_label_maps(b, h, w, 19, device)
@@ -114,9 +124,9 @@ def sampling_workload(device: str, quick: bool):
         "loop-2021": lambda: sample_anchors_loop_2021(labels, preds, **kw),
         "pixcontrast-torch": lambda: sample_anchors(labels, preds, backend="torch", **kw),
     }
-    if device == "cuda":
-        providers["pixcontrast-triton"] = lambda: sample_anchors(
-            labels, preds, backend="triton", **kw)
+    for backend in gpu_backends(device):
+        providers[f"pixcontrast-{backend}"] = (
+            lambda backend=backend: sample_anchors(labels, preds, backend=backend, **kw))
     shape = f"B={b} {h}x{w} K=19 N=1024 V<=100"
     return shape, providers
 
@@ -147,8 +157,9 @@ def bank_update_workload(device: str, quick: bool):
     ours = bank()
     providers = {"loop-2021": loop_update,
                  "pixcontrast-torch": lambda: ours.update(embed, labels, backend="torch")}
-    if device == "cuda":
-        providers["pixcontrast-triton"] = lambda: ours.update(embed, labels, backend="triton")
+    for backend in gpu_backends(device):
+        providers[f"pixcontrast-{backend}"] = (
+            lambda backend=backend: ours.update(embed, labels, backend=backend))
     return f"B={b} {h}x{w} D={d} K=19 ppu=10", providers
 
 
@@ -169,8 +180,8 @@ def sampling_and_update_workload(device: str, quick: bool):
         return step
 
     providers = {"loop-2021": loop, "pixcontrast-torch": fused("torch")}
-    if device == "cuda":
-        providers["pixcontrast-triton"] = fused("triton")
+    for backend in gpu_backends(device):
+        providers[f"pixcontrast-{backend}"] = fused(backend)
     return f"B={b} {h}x{w} D={d} K=19 N=1024 ppu=10", providers
 
 
