@@ -1,0 +1,456 @@
+"""Training engine of the reference trainer (``python -m pixcontrast.train``).
+
+One :class:`Trainer` owns the model (``build_model``), ``ContrastCELoss`` (with its memory
+bank), SGD with a poly LR (optional linear warm-up, a multiplier for the heads), optional
+AMP and gradient clipping, periodic validation, checkpoints and logs.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler, grad scaler, loss state
+(the memory bank), every rank's RNG states (torch, CUDA, numpy, random) and the iteration.
+Data order is a pure function of (seed, epoch): the sampler's permutation is seeded per
+epoch and each sample's augmentation RNG by (seed, epoch, index), so the data position is
+recomputed from the iteration (no loader state to save). On CPU with ``num_workers=0`` a
+run of 2k iterations and a run of 1k resumed to 2k give identical weights.
+
+Output directory::
+
+    checkpoints/last.pth   checkpoints/best.pth   log.jsonl   metrics.json   config.yaml   tb/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from pixcontrast.data import build_dataset
+from pixcontrast.distributed import (ResumableSampler, ShardSampler, barrier,
+                                     convert_cpu_sync_batchnorm, init_distributed, rank_world)
+from pixcontrast.inference import evaluate_model
+from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
+
+__all__ = ["Trainer", "build_model_from_config", "build_criterion", "split_head_parameters",
+           "poly_lr_lambda", "resolve_device", "load_checkpoint", "CHECKPOINT_KEYS"]
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "criterion", "rng",
+                   "iteration", "config", "best_miou")
+_HEAD_WORDS = ("head", "cls", "aux", "classifier", "last_layer", "ocr")
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def build_model_from_config(cfg: Mapping[str, Any]) -> nn.Module:
+    from pixcontrast.models import build_model
+
+    m = cfg["model"]
+    return build_model(m["name"], cfg["data"]["num_classes"], proj_dim=m["proj_dim"],
+                       pretrained=m["pretrained"], **(m["options"] or {}))
+
+
+def split_head_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(backbone, heads)`` parameter lists for the head LR multiplier.
+
+    With a ``model.backbone`` submodule: heads = everything outside it (decoder, classifier,
+    auxiliary and projection heads). Without one: heads = ``proj_head`` and every parameter
+    under a module whose name contains head/cls/aux/classifier/last_layer/ocr.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if isinstance(getattr(model, "backbone", None), nn.Module):
+        is_head = [not n.startswith("backbone.") for n, _ in named]
+    else:
+        is_head = [any(w in part for part in n.split(".")[:-1] for w in _HEAD_WORDS)
+                   for n, _ in named]
+    backbone = [p for (_, p), h in zip(named, is_head) if not h]
+    heads = [p for (_, p), h in zip(named, is_head) if h]
+    return backbone, heads
+
+
+def poly_lr_lambda(total: int, power: float = 0.9, warmup_iters: int = 0,
+                   warmup_ratio: float = 0.1):
+    """LR factor at step ``it``: ``(1 − it/total)^power``, times a linear ramp from
+    ``warmup_ratio`` to 1 over the first ``warmup_iters`` steps."""
+    def factor(it: int) -> float:
+        poly = max(0.0, 1.0 - it / total) ** power
+        if warmup_iters > 0 and it < warmup_iters:
+            poly *= warmup_ratio + (1.0 - warmup_ratio) * it / warmup_iters
+        return poly
+    return factor
+
+
+def build_criterion(cfg: Mapping[str, Any]) -> ContrastCELoss:
+    lo, d = cfg["loss"], cfg["data"]
+    on = bool(lo["contrast"]) and lo["loss_weight"] > 0
+    if on and cfg["model"]["proj_dim"] <= 0:
+        raise ValueError("loss.contrast is on but model.proj_dim is 0 (no embedding); set "
+                         "model.proj_dim > 0 or loss.contrast false")
+    contrast = PixelContrastLoss(
+        temperature=lo["temperature"], base_temperature=lo["base_temperature"],
+        max_samples=lo["max_samples"], max_views=lo["max_views"],
+        ignore_index=d["ignore_index"], num_classes=d["num_classes"],
+        memory_size=lo["memory_size"] if on else 0, pixels_per_update=lo["pixels_per_update"],
+        dim=cfg["model"]["proj_dim"] or None, include_anchors=lo["include_anchors"],
+        backend=lo["backend"])
+    return ContrastCELoss(d["num_classes"], loss_weight=lo["loss_weight"] if on else 0.0,
+                          warmup_iters=lo["warmup_iters"], aux_weight=lo["aux_weight"],
+                          ohem=lo["ohem"], ohem_thresh=lo["ohem_thresh"],
+                          ohem_min_kept=lo["ohem_min_kept"], ignore_index=d["ignore_index"],
+                          contrast=contrast)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "random": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["random"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _digest(tensors) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
+    """Read a trainer checkpoint; a missing or foreign file raises naming the path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the path
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path} is not a pixcontrast trainer checkpoint (expected a dict "
+                         f"with keys {', '.join(CHECKPOINT_KEYS)})")
+    return ckpt
+
+
+class _JsonlLog:
+    def __init__(self, path: str, truncate_after: int | None) -> None:
+        self.path = path
+        if truncate_after is not None and os.path.isfile(path):
+            # a resumed run rewrites what came after its checkpoint
+            with open(path) as f:
+                keep = [line for line in f if line.strip()
+                        and json.loads(line).get("iteration", 0) <= truncate_after]
+            with open(path, "w") as f:
+                f.writelines(keep)
+        elif truncate_after is None and os.path.isfile(path):
+            os.remove(path)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class Trainer:
+    """Build everything from a config and train (``run()``); see the module doc."""
+
+    def __init__(self, cfg: Mapping[str, Any], output_dir: str, resume: str | None = None
+                 ) -> None:
+        self.cfg = cfg
+        self.out = output_dir
+        t, d = cfg["train"], cfg["data"]
+        kind = "cuda" if t["device"] == "cuda" or (t["device"] == "auto"
+                                                   and torch.cuda.is_available()) else "cpu"
+        self.rank, self.world, local_rank = init_distributed(kind)
+        self.device = resolve_device(t["device"], local_rank)
+        self.main = self.rank == 0
+        if t["deterministic"]:
+            torch.use_deterministic_algorithms(True)
+        seed = cfg["seed"]
+
+        # model: identical initial weights on every rank (DDP also broadcasts rank 0's)
+        torch.manual_seed(seed)
+        model = build_model_from_config(cfg)
+        if self.world > 1 and cfg["model"]["sync_bn"]:
+            if self.device.type == "cuda":
+                from pixcontrast.models import convert_sync_batchnorm
+
+                model = convert_sync_batchnorm(model)
+            else:
+                model = convert_cpu_sync_batchnorm(model)
+        self.model = model.to(self.device)
+        self.criterion = build_criterion(cfg).to(self.device)
+
+        o = cfg["optim"]
+        backbone, heads = split_head_parameters(self.model)
+        groups = [{"params": backbone, "lr": o["lr"]},
+                  {"params": heads, "lr": o["lr"] * o["head_lr_mult"]}]
+        self.optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=o["lr"],
+                                         momentum=o["momentum"],
+                                         weight_decay=o["weight_decay"], nesterov=o["nesterov"])
+        self.total = t["iterations"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, poly_lr_lambda(self.total, o["poly_power"], o["warmup_iters"],
+                                           o["warmup_ratio"]))
+        amp = t["amp"] or None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+
+        if self.world > 1:
+            # the projection head gets no gradient during the contrast warm-up (and none
+            # at all with the contrast off): let DDP tolerate unused parameters
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda"
+                else None, find_unused_parameters=True)
+        else:
+            self.ddp = self.model
+
+        # data: per-rank batch, seeded permutation per epoch, per-sample augmentation RNG
+        self.train_set = build_dataset(d, d["train_split"], train=True, seed=seed)
+        self.val_set = build_dataset(d, d["val_split"], train=False, seed=seed)
+        self.sampler = ResumableSampler(self.train_set, self.world, self.rank, seed)
+        self.iters_per_epoch = len(self.sampler) // d["batch_size"]
+        if self.iters_per_epoch == 0:
+            raise ValueError(f"data.batch_size={d['batch_size']} exceeds the {len(self.sampler)} "
+                             f"training samples of each of {self.world} process(es)")
+        self.train_loader = DataLoader(
+            self.train_set, batch_size=d["batch_size"], sampler=self.sampler,
+            num_workers=d["num_workers"], drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed))
+        self.val_loader = DataLoader(
+            self.val_set, batch_size=d["val_batch_size"],
+            sampler=ShardSampler(len(self.val_set), self.rank, self.world),
+            num_workers=d["num_workers"], generator=torch.Generator().manual_seed(seed))
+
+        self.start_iter = 0
+        self.best_miou = -1.0
+        if resume:
+            self._load(resume)
+        else:
+            # per-rank training randomness (anchor sampling, bank pixel picks)
+            torch.manual_seed(seed + 1000 * self.rank)
+            np.random.seed(seed + 1000 * self.rank)
+            random.seed(seed + 1000 * self.rank)
+
+        self.log = self.writer = None
+        if self.main:
+            os.makedirs(os.path.join(self.out, "checkpoints"), exist_ok=True)
+            with open(os.path.join(self.out, "config.yaml"), "w") as f:
+                yaml.safe_dump(dict(cfg), f, sort_keys=False)
+            self.log = _JsonlLog(os.path.join(self.out, "log.jsonl"),
+                                 self.start_iter if resume else None)
+            if t["tensorboard"]:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self.writer = SummaryWriter(os.path.join(self.out, "tb"),
+                                                purge_step=self.start_iter or None)
+                except ImportError:
+                    print("tensorboard is not installed: logging to log.jsonl only")
+
+    # ------------------------------------------------------------------------------------
+
+    def state_dict(self, iteration: int) -> dict:
+        states = [None] * self.world
+        mine = _rng_state()
+        if self.world > 1:
+            torch.distributed.all_gather_object(states, mine)
+        else:
+            states = [mine]
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "criterion": self.criterion.state_dict(), "rng": states,
+                "iteration": iteration, "config": dict(self.cfg), "best_miou": self.best_miou,
+                "world_size": self.world, "bank_checksums": self._bank_checksums(),
+                "model_checksums": self._gather(_digest(self.model.state_dict().values()))}
+
+    def _bank_checksums(self) -> list[str]:
+        """SHA-256 of the memory bank's buffers on every rank (all equal under DDP)."""
+        bank = self.criterion.contrast.memory
+        return self._gather(_digest((bank.features, bank.labels, bank.pointers))
+                            if bank is not None else "")
+
+    def _gather(self, obj: Any) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def _load(self, path: str) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        missing, unexpected = self.criterion.load_state_dict(ckpt["criterion"], strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {path}: loss state does not match this config "
+                             f"(memory bank on/off or size changed?): missing {missing}, "
+                             f"unexpected {unexpected}")
+        self.start_iter = int(ckpt["iteration"])
+        self.best_miou = float(ckpt.get("best_miou", -1.0))
+        rng = ckpt["rng"]
+        if len(rng) != self.world:
+            print(f"checkpoint {path} was saved by {len(rng)} process(es), this run has "
+                  f"{self.world}: RNG streams are re-seeded, the run is not bit-exact")
+            torch.manual_seed(self.cfg["seed"] + 1000 * self.rank + self.start_iter)
+        else:
+            _set_rng_state(rng[self.rank])
+        if self.start_iter >= self.total:
+            print(f"checkpoint {path} is at iteration {self.start_iter} ≥ "
+                  f"train.iterations={self.total}: nothing to train")
+
+    def save(self, name: str, iteration: int) -> None:
+        state = self.state_dict(iteration)       # collective under DDP: every rank
+        if self.main:
+            path = os.path.join(self.out, "checkpoints", name)
+            torch.save(state, path + ".tmp")
+            os.replace(path + ".tmp", path)
+
+    # ------------------------------------------------------------------------------------
+
+    def _batches(self, start: int):
+        """Training batches from iteration ``start`` on, across epochs."""
+        epoch, offset = divmod(start, self.iters_per_epoch)
+        bs = self.cfg["data"]["batch_size"]
+        while True:
+            self.sampler.set_epoch(epoch)
+            self.sampler.skip = offset * bs
+            self.train_set.set_epoch(epoch)
+            yield from self.train_loader
+            epoch, offset = epoch + 1, 0
+
+    def validate(self, iteration: int) -> dict:
+        e = self.cfg["eval"]
+        metrics = evaluate_model(self.model, self.val_loader, self.cfg["data"]["num_classes"],
+                                 self.cfg["data"]["ignore_index"], self.device, e,
+                                 crop_size=self.cfg["data"]["crop_size"])
+        metrics["iteration"] = iteration
+        return metrics
+
+    def _log(self, record: dict) -> None:
+        if not self.main:
+            return
+        self.log.write(record)
+        if self.writer is not None:
+            it = record["iteration"]
+            for k, v in record.items():
+                if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.writer.add_scalar(k.replace(".", "/"), v, it)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, it: int) -> dict:
+        """One optimisation step at iteration ``it`` (0-based); returns float loss parts."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype is not None):
+            outputs = self.ddp(images)
+        outputs = {k: v.float() if k != "embed" else v for k, v in outputs.items()}
+        total, parts = self.criterion(outputs, labels, iteration=it)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        clip = self.cfg["optim"]["grad_clip"]
+        grad_norm = None
+        if clip:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        out = {k: float(v) for k, v in parts.items()}
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm
+        return out
+
+    def run(self, stop_at: int | None = None) -> dict | None:
+        """Train from ``start_iter`` to ``train.iterations``; returns the final metrics.
+
+        ``stop_at``: stop after that iteration (saving ``last.pth``) as if interrupted;
+        the schedule still runs to ``train.iterations`` when resumed.
+        """
+        t = self.cfg["train"]
+        end = self.total if stop_at is None else min(stop_at, self.total)
+        log_every = max(1, t["log_interval"])
+        val_every = t["val_interval"] or self.total
+        ckpt_every = t["checkpoint_interval"] or self.total
+        self.model.train()
+        bar = None
+        if self.main and t["progress"]:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total, initial=self.start_iter, dynamic_ncols=True,
+                       desc="train")
+        metrics = None
+        sums: dict[str, float] = {}
+        n = 0
+        t0 = time.time()
+        batches = self._batches(self.start_iter)
+        for it in range(self.start_iter, end):
+            images, labels = next(batches)
+            parts = self.step(images, labels, it)
+            if not all(math.isfinite(v) for v in parts.values()):
+                raise FloatingPointError(f"non-finite loss at iteration {it}: {parts}")
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            done = it + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(ce=f"{parts['ce']:.3f}", con=f"{parts['contrast']:.3f}")
+            if done % log_every == 0 or done == self.total:
+                lrs = self.scheduler.get_last_lr()
+                rec = {"iteration": done, "lr": lrs[0], "lr_head": lrs[-1],
+                       **{k: v / n for k, v in sums.items()},
+                       "time": round(time.time() - t0, 3)}
+                self._log(rec)
+                sums, n = {}, 0
+            if done % val_every == 0 or done == self.total:
+                metrics = self.validate(done)
+                improved = metrics["mIoU"] > self.best_miou
+                self.best_miou = max(self.best_miou, metrics["mIoU"])
+                self._log({"iteration": done, "val.mIoU": metrics["mIoU"],
+                           "val.pixel_acc": metrics["pixel_acc"]})
+                if bar is not None:
+                    bar.write(f"iteration {done}: mIoU {metrics['mIoU']:.4f} "
+                              f"pixel acc {metrics['pixel_acc']:.4f}")
+                if improved:
+                    self.save("best.pth", done)
+            if done % ckpt_every == 0 or done == self.total or done == end:
+                self.save("last.pth", done)
+        if bar is not None:
+            bar.close()
+        if end < self.total:
+            barrier()
+            return None
+        if metrics is None:                      # resumed at or past the end
+            metrics = self.validate(self.start_iter)
+        if self.main:
+            with open(os.path.join(self.out, "metrics.json"), "w") as f:
+                json.dump({k: metrics[k] for k in ("mIoU", "pixel_acc", "per_class_iou",
+                                                   "iteration")}, f, indent=1)
+            if self.writer is not None:
+                self.writer.close()
+        barrier()
+        return metrics
