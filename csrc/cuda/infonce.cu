@@ -364,6 +364,46 @@ __device__ __forceinline__ void normalize_backprop_row(float (&g)[kPer], const f
   }
 }
 
+// Views of a kernel's dynamic shared memory (layout: Cfg).
+template <class Mode, int DP>
+struct SmemTiles {
+  using C = Cfg<Mode, DP>;
+  using T = typename Mode::T;
+  T* row_tile;
+  T* col_tile;
+  float* logits;  // also the per-warp 16×16 scratch once a tile's logits are consumed
+  T* weights;
+  int64_t* col_labels;
+  float* row_floats;
+  float* reduce;
+  __device__ explicit SmemTiles(unsigned char* base)
+      : row_tile(reinterpret_cast<T*>(base + C::kOffRow)),
+        col_tile(reinterpret_cast<T*>(base + C::kOffCol)),
+        logits(reinterpret_cast<float*>(base + C::kOffLogits)),
+        weights(reinterpret_cast<T*>(base + C::kOffWeights)),
+        col_labels(reinterpret_cast<int64_t*>(base + C::kOffColLabels)),
+        row_floats(reinterpret_cast<float*>(base + C::kOffRowA)),
+        reduce(reinterpret_cast<float*>(base + C::kOffReduce)) {}
+  __device__ float* scratch() const { return logits + (threadIdx.x / 32) * 256; }
+};
+
+// Writes the [BN, DP] accumulator of a row block (rows row0.., this warp's fragments) into
+// the fp32 workspace slot `out` ([n, d] row-major). Call after a block-wide barrier: the
+// logits tile becomes scratch.
+template <class Mode, int DP>
+__device__ __forceinline__ void store_row_block(
+    const Acc<Mode> (&acc)[AccLayout<Cfg<Mode, DP>::BN, DP>::FPW], float* scratch, float* out,
+    int64_t row0, int64_t n, int64_t d) {
+  using L = AccLayout<Cfg<Mode, DP>::BN, DP>;
+  const int rf = L::row_frag(threadIdx.x / 32);
+#pragma unroll
+  for (int k = 0; k < L::FPW; ++k) {
+    const int cf = L::col_frag(threadIdx.x / 32, k);
+    if (cf * 16 >= d) continue;
+    store_fragment<Mode>(acc[k], scratch, out, row0 + rf * 16, n, cf * 16, d);
+  }
+}
+
 // --- kernel arguments --------------------------------------------------------------------
 
 struct ColumnSource {
@@ -401,12 +441,13 @@ __global__ void __launch_bounds__(kThreads, 1) negatives_kernel(const PassArgs a
   using T = typename Mode::T;
   using L = AccLayout<C::BN, DP>;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* row_tile = reinterpret_cast<T*>(smem + C::kOffRow);
-  T* col_tile = reinterpret_cast<T*>(smem + C::kOffCol);
-  float* logits = reinterpret_cast<float*>(smem + C::kOffLogits);
-  T* weights = reinterpret_cast<T*>(smem + C::kOffWeights);
-  int64_t* col_labels = reinterpret_cast<int64_t*>(smem + C::kOffColLabels);
-  float* alpha_s = reinterpret_cast<float*>(smem + C::kOffRowA);
+  const SmemTiles<Mode, DP> sm(smem);
+  T* row_tile = sm.row_tile;
+  T* col_tile = sm.col_tile;
+  float* logits = sm.logits;
+  T* weights = sm.weights;
+  int64_t* col_labels = sm.col_labels;
+  float* alpha_s = sm.row_floats;
 
   const InfonceRows& R = args.rows;
   const int64_t n = R.n, d = R.d;
@@ -479,7 +520,7 @@ __global__ void __launch_bounds__(kThreads, 1) negatives_kernel(const PassArgs a
       const int rf = L::row_frag(warp);
       const float my_alpha = alpha_s[rf * 16 + (lane & 15)];
       if (__any_sync(kFullMask, my_alpha != 1.f)) {  // rare: a reference max moved
-        float* scratch = logits + warp * 256;          // S is consumed: reuse it
+        float* scratch = sm.scratch();                 // S is consumed: reuse it
 #pragma unroll
         for (int k = 0; k < L::FPW; ++k) {
           wmma::store_matrix_sync(scratch, u[k], 16, wmma::mem_row_major);
@@ -502,15 +543,7 @@ __global__ void __launch_bounds__(kThreads, 1) negatives_kernel(const PassArgs a
   }
   if (args.need_grad) {
     __syncthreads();  // every warp is done with S before it becomes scratch
-    const int rf = L::row_frag(warp);
-    float* scratch = logits + warp * 256;
-    float* out = args.ws_u + slot * n * d;
-#pragma unroll
-    for (int k = 0; k < L::FPW; ++k) {
-      const int cf = L::col_frag(warp, k);
-      if (cf * 16 >= d) continue;
-      store_fragment<Mode>(u[k], scratch, out, row0 + rf * 16, n, cf * 16, d);
-    }
+    store_row_block<Mode, DP>(u, sm.scratch(), args.ws_u + slot * n * d, row0, n, d);
   }
 }
 
@@ -522,18 +555,18 @@ __global__ void __launch_bounds__(kThreads, 1) positives_kernel(const PassArgs a
   using T = typename Mode::T;
   using L = AccLayout<C::BN, DP>;
   extern __shared__ __align__(128) unsigned char smem[];
-  T* row_tile = reinterpret_cast<T*>(smem + C::kOffRow);
-  T* col_tile = reinterpret_cast<T*>(smem + C::kOffCol);
-  float* logits = reinterpret_cast<float*>(smem + C::kOffLogits);
-  T* weights = reinterpret_cast<T*>(smem + C::kOffWeights);
-  int64_t* col_labels = reinterpret_cast<int64_t*>(smem + C::kOffColLabels);
-  float* lse_s = reinterpret_cast<float*>(smem + C::kOffRowA);
+  const SmemTiles<Mode, DP> sm(smem);
+  T* row_tile = sm.row_tile;
+  T* col_tile = sm.col_tile;
+  float* logits = sm.logits;
+  T* weights = sm.weights;
+  int64_t* col_labels = sm.col_labels;
+  float* lse_s = sm.row_floats;
 
   const InfonceRows& R = args.rows;
   const int64_t n = R.n, d = R.d;
   const int64_t split = blockIdx.x;
   const int64_t row0 = static_cast<int64_t>(blockIdx.y) * C::BN;
-  const int warp = threadIdx.x / 32;
   const int r = threadIdx.x / C::TPR;
   const int sub = threadIdx.x % C::TPR;
 
@@ -611,16 +644,8 @@ __global__ void __launch_bounds__(kThreads, 1) positives_kernel(const PassArgs a
     args.ws_npos[slot * n + grow] = npos_part;
   }
   if (args.need_grad) {
-    __syncthreads();
-    const int rf = L::row_frag(warp);
-    float* scratch = logits + warp * 256;
-    float* out = args.ws_v + slot * n * d;
-#pragma unroll
-    for (int k = 0; k < L::FPW; ++k) {
-      const int cf = L::col_frag(warp, k);
-      if (cf * 16 >= d) continue;
-      store_fragment<Mode>(v[k], scratch, out, row0 + rf * 16, n, cf * 16, d);
-    }
+    __syncthreads();  // every warp is done with S before it becomes scratch
+    store_row_block<Mode, DP>(v, sm.scratch(), args.ws_v + slot * n * d, row0, n, d);
   }
 }
 
@@ -713,12 +738,13 @@ __global__ void __launch_bounds__(kThreads, 1) columns_backward_kernel(const Col
   using T = typename Mode::T;
   using L = AccLayout<C::BM, DP>;  // accumulator: [BM columns, DP]
   extern __shared__ __align__(128) unsigned char smem[];
-  T* row_tile = reinterpret_cast<T*>(smem + C::kOffRow);
-  T* col_tile = reinterpret_cast<T*>(smem + C::kOffCol);
-  float* logits = reinterpret_cast<float*>(smem + C::kOffLogits);
-  T* weights = reinterpret_cast<T*>(smem + C::kOffWeights);
-  int64_t* col_labels = reinterpret_cast<int64_t*>(smem + C::kOffColLabels);
-  float* reduce = reinterpret_cast<float*>(smem + C::kOffReduce);
+  const SmemTiles<Mode, DP> sm(smem);
+  T* row_tile = sm.row_tile;
+  T* col_tile = sm.col_tile;
+  float* logits = sm.logits;
+  T* weights = sm.weights;
+  int64_t* col_labels = sm.col_labels;
+  float* reduce = sm.reduce;
 
   const InfonceRows& R = args.rows;
   const ColumnSource& S = args.cols;
@@ -833,7 +859,7 @@ __global__ void __launch_bounds__(kThreads, 1) columns_backward_kernel(const Col
   }
 
   __syncthreads();  // S becomes per-warp scratch
-  float* scratch = logits + warp * 256;
+  float* scratch = sm.scratch();
   const int cf_row = L::row_frag(warp);
 #pragma unroll
   for (int k = 0; k < L::FPW; ++k) {
