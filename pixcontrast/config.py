@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,24 @@ import yaml
 
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "merge", "apply_overrides",
            "parse_overrides"]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` (no dot, YAML 1.1 says string) as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml_load(text):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -141,7 +160,7 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
             key, raw = arg[2:], args[i + 1]
             i += 2
         try:
-            out[key] = yaml.safe_load(raw) if raw != "" else ""
+            out[key] = _yaml_load(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse the value of --{key}: {raw!r} ({exc})") from None
     return out
@@ -177,7 +196,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
             raise ConfigError(f"config file not found: {path}")
         with open(path) as f:
             try:
-                data = yaml.safe_load(f) or {}
+                data = _yaml_load(f) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if not isinstance(data, Mapping):

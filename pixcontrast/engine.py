@@ -353,11 +353,14 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.main:
             return
-        self.log.write(record)
+        # strict JSON: a skipped fp16 step's inf grad norm is written as null
+        self.log.write({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                        for k, v in record.items()})
         if self.writer is not None:
             it = record["iteration"]
             for k, v in record.items():
-                if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                if (k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v)):
                     self.writer.add_scalar(k.replace(".", "/"), v, it)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, it: int) -> dict:
@@ -410,7 +413,8 @@ class Trainer:
         for it in range(self.start_iter, end):
             images, labels = next(batches)
             parts = self.step(images, labels, it)
-            if not all(math.isfinite(v) for v in parts.values()):
+            # (grad_norm may be inf under fp16: the grad scaler then skips the step)
+            if not all(math.isfinite(v) for k, v in parts.items() if k != "grad_norm"):
                 raise FloatingPointError(f"non-finite loss at iteration {it}: {parts}")
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
