@@ -60,7 +60,7 @@ setup(
     name="pixcontrast",
     version="0.1.0",
     description="Fused kernels for the pixel-wise contrastive loss of Wang et al. (ICCV 2021)",
-    packages=["pixcontrast", "pixcontrast.kernels"],
+    packages=["pixcontrast", "pixcontrast.data", "pixcontrast.models", "pixcontrast.kernels"],
     package_dir={"pixcontrast": "pixcontrast", "pixcontrast.kernels": "kernels"},
     python_requires=">=3.10",
     ext_modules=_extensions(),
