@@ -433,6 +433,33 @@ struct PassArgs {
   float* ws_v;
 };
 
+// A forward CTA's row block (its anchor rows, label-sorted, loaded into the row tile) and
+// its split's range of column tiles; r/sub: this thread's row and place in the row's group.
+template <class Mode, int DP>
+struct PassBlock {
+  using C = Cfg<Mode, DP>;
+  int64_t row0, grow, y, t_begin, t_end, slot;
+  int r, sub;
+  bool row_ok;
+  __device__ PassBlock(const PassArgs& args, typename Mode::T* row_tile) {
+    const InfonceRows& R = args.rows;
+    row0 = static_cast<int64_t>(blockIdx.y) * C::BN;
+    r = threadIdx.x / C::TPR;
+    sub = threadIdx.x % C::TPR;
+    load_rows<typename Mode::T, DP, C::BN>(row_tile, C::LDX,
+                                           static_cast<const typename Mode::T*>(R.anchors),
+                                           R.stride_row, R.stride_dim, R.perm, row0, R.n, R.d,
+                                           R.normalize);
+    grow = row0 + r;
+    y = grow < R.n ? R.sorted_labels[grow] : R.ignore_index;
+    row_ok = grow < R.n && y != R.ignore_index;
+    const int64_t num_tiles = (args.cols.num + C::BM - 1) / C::BM;
+    t_begin = static_cast<int64_t>(blockIdx.x) * args.tiles_per_split;
+    t_end = min(t_begin + args.tiles_per_split, num_tiles);
+    slot = args.slot_offset + blockIdx.x;
+  }
+};
+
 // --- forward: negatives pass ---------------------------------------------------------------
 
 template <class Mode, int DP>
@@ -451,18 +478,12 @@ __global__ void __launch_bounds__(kThreads, 1) negatives_kernel(const PassArgs a
 
   const InfonceRows& R = args.rows;
   const int64_t n = R.n, d = R.d;
-  const int64_t split = blockIdx.x;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * C::BN;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int r = threadIdx.x / C::TPR;
-  const int sub = threadIdx.x % C::TPR;
-
-  load_rows<T, DP, C::BN>(row_tile, C::LDX, static_cast<const T*>(R.anchors), R.stride_row,
-                          R.stride_dim, R.perm, row0, n, d, R.normalize);
-  const int64_t grow = row0 + r;
-  const int64_t y = grow < n ? R.sorted_labels[grow] : R.ignore_index;
-  const bool row_ok = grow < n && y != R.ignore_index;
+  const PassBlock<Mode, DP> B(args, row_tile);
+  const int r = B.r, sub = B.sub;
+  const int64_t y = B.y;
+  const bool row_ok = B.row_ok;
 
   float m_ref = -INFINITY;  // this row's reference max (identical in its TPR threads)
   float l_part = 0.f;       // this thread's share of Σ e^{s - m_ref}
@@ -471,10 +492,7 @@ __global__ void __launch_bounds__(kThreads, 1) negatives_kernel(const PassArgs a
   for (int k = 0; k < L::FPW; ++k) wmma::fill_fragment(u[k], 0.f);
 
   const ColumnSource& S = args.cols;
-  const int64_t num_tiles = (S.num + C::BM - 1) / C::BM;
-  const int64_t t_begin = split * args.tiles_per_split;
-  const int64_t t_end = min(t_begin + args.tiles_per_split, num_tiles);
-  for (int64_t t = t_begin; t < t_end; ++t) {
+  for (int64_t t = B.t_begin; t < B.t_end; ++t) {
     const int64_t col0 = t * C::BM;
     __syncthreads();  // the previous tile's operands are consumed
     load_rows<T, DP, C::BM>(col_tile, C::LDX, static_cast<const T*>(S.data), S.stride_row,
@@ -536,14 +554,13 @@ __global__ void __launch_bounds__(kThreads, 1) negatives_kernel(const PassArgs a
   }
 
   const float l_row = group_sum<C::TPR>(l_part);
-  const int64_t slot = args.slot_offset + split;
-  if (sub == 0 && grow < n) {
-    args.ws_m[slot * n + grow] = m_ref;
-    args.ws_l[slot * n + grow] = l_row;
+  if (sub == 0 && B.grow < n) {
+    args.ws_m[B.slot * n + B.grow] = m_ref;
+    args.ws_l[B.slot * n + B.grow] = l_row;
   }
   if (args.need_grad) {
     __syncthreads();  // every warp is done with S before it becomes scratch
-    store_row_block<Mode, DP>(u, sm.scratch(), args.ws_u + slot * n * d, row0, n, d);
+    store_row_block<Mode, DP>(u, sm.scratch(), args.ws_u + B.slot * n * d, B.row0, n, d);
   }
 }
 
@@ -565,22 +582,18 @@ __global__ void __launch_bounds__(kThreads, 1) positives_kernel(const PassArgs a
 
   const InfonceRows& R = args.rows;
   const int64_t n = R.n, d = R.d;
-  const int64_t split = blockIdx.x;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * C::BN;
-  const int r = threadIdx.x / C::TPR;
-  const int sub = threadIdx.x % C::TPR;
-
-  load_rows<T, DP, C::BN>(row_tile, C::LDX, static_cast<const T*>(R.anchors), R.stride_row,
-                          R.stride_dim, R.perm, row0, n, d, R.normalize);
+  const PassBlock<Mode, DP> B(args, row_tile);
+  const int r = B.r, sub = B.sub;
+  const int64_t y = B.y, grow = B.grow;
+  const bool row_ok = B.row_ok;
   for (int i = threadIdx.x; i < C::BN; i += kThreads) {
     float m_safe, l, lse = -INFINITY;
-    if (row0 + i < n) merge_lse(args.ws_m, args.ws_l, args.slots, n, row0 + i, m_safe, l, lse);
+    if (B.row0 + i < n) {
+      merge_lse(args.ws_m, args.ws_l, args.slots, n, B.row0 + i, m_safe, l, lse);
+    }
     lse_s[i] = lse;
   }
   __syncthreads();
-  const int64_t grow = row0 + r;
-  const int64_t y = grow < n ? R.sorted_labels[grow] : R.ignore_index;
-  const bool row_ok = grow < n && y != R.ignore_index;
   const float lse = lse_s[r];
 
   float loss_part = 0.f, sig_part = 0.f, npos_part = 0.f;
@@ -589,10 +602,7 @@ __global__ void __launch_bounds__(kThreads, 1) positives_kernel(const PassArgs a
   for (int k = 0; k < L::FPW; ++k) wmma::fill_fragment(v[k], 0.f);
 
   const ColumnSource& S = args.cols;
-  const int64_t num_tiles = (S.num + C::BM - 1) / C::BM;
-  const int64_t t_begin = split * args.tiles_per_split;
-  const int64_t t_end = min(t_begin + args.tiles_per_split, num_tiles);
-  for (int64_t t = t_begin; t < t_end; ++t) {
+  for (int64_t t = B.t_begin; t < B.t_end; ++t) {
     const int64_t col0 = t * C::BM;
     __syncthreads();  // the previous tile's operands and labels are consumed
     load_col_labels<T, C::BM>(col_labels, S.labels, S.stride_labels, col0, S.num,
@@ -637,15 +647,14 @@ __global__ void __launch_bounds__(kThreads, 1) positives_kernel(const PassArgs a
   loss_part = group_sum<C::TPR>(loss_part);
   sig_part = group_sum<C::TPR>(sig_part);
   npos_part = group_sum<C::TPR>(npos_part);
-  const int64_t slot = args.slot_offset + split;
   if (sub == 0 && grow < n) {
-    args.ws_loss[slot * n + grow] = loss_part;
-    args.ws_sig[slot * n + grow] = sig_part;
-    args.ws_npos[slot * n + grow] = npos_part;
+    args.ws_loss[B.slot * n + grow] = loss_part;
+    args.ws_sig[B.slot * n + grow] = sig_part;
+    args.ws_npos[B.slot * n + grow] = npos_part;
   }
   if (args.need_grad) {
     __syncthreads();  // every warp is done with S before it becomes scratch
-    store_row_block<Mode, DP>(v, sm.scratch(), args.ws_v + slot * n * d, row0, n, d);
+    store_row_block<Mode, DP>(v, sm.scratch(), args.ws_v + B.slot * n * d, B.row0, n, d);
   }
 }
 
