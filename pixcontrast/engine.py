@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from pixcontrast.data import build_dataset
 from pixcontrast.distributed import (ResumableSampler, ShardSampler, barrier,
-                                     convert_cpu_sync_batchnorm, init_distributed, rank_world)
+                                     convert_cpu_sync_batchnorm, init_distributed)
 from pixcontrast.inference import evaluate_model
 from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pixcontrast._backends import triton_reasons
+from pixcontrast._backends import cuda_reasons, missing_cuda_kernels, triton_reasons
 from pixcontrast._extension import has_kernels
 from pixcontrast.infonce import forward_op
 from pixcontrast.reference import pixel_contrast_reference, reduce_rows
@@ -46,7 +46,8 @@ _MAX_DIM = {"triton": 512, "cuda": 512}  # the padded D is kept whole on chip
 
 
 # Facts about this process, read once at import: constants for torch.compile to trace.
-_HAS_KERNELS = {key: has_kernels(key) for key in ("CPU", "CUDA")}
+_HAS_CPU_KERNELS = has_kernels("CPU")
+_MISSING_CUDA = missing_cuda_kernels(("infonce_forward", "infonce_backward_columns"))
 
 
 def not_supported_reasons(backend: str, anchors: Tensor, contrast: Tensor | None = None
@@ -62,15 +63,11 @@ def not_supported_reasons(backend: str, anchors: Tensor, contrast: Tensor | None
     if backend == "cpu":
         if dev != "cpu":
             reasons.append(f"cpu: the inputs are on {anchors.device}, not the CPU")
-        if not _HAS_KERNELS["CPU"]:
+        if not _HAS_CPU_KERNELS:
             reasons.append("cpu: pixcontrast._C is not built with its CPU kernels "
                            "(run `pip install --no-build-isolation -e .`)")
     elif backend == "cuda":
-        if dev != "cuda":
-            reasons.append(f"cuda: the inputs are on {anchors.device}, not a CUDA device")
-        if not _HAS_KERNELS["CUDA"]:
-            reasons.append("cuda: pixcontrast._C was built without CUDA kernels (CPU-only "
-                           "torch, no nvcc, or the CUDA backend is not in this build)")
+        reasons += cuda_reasons(anchors.device, _MISSING_CUDA)
     elif backend == "triton":
         reasons += triton_reasons(anchors.device)
     if backend in _MAX_DIM and anchors.shape[-1] > _MAX_DIM[backend]:

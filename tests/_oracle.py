@@ -119,3 +119,15 @@ def assert_lowprec_matches(ours, ref, dense, k: float = 2.0, rtol: float = 2e-3)
         bound = k * dense_err + rtol * scale_of(r)
         assert err <= bound, (f"{name}: error {err:.3g} > {k}×dense {dense_err:.3g} "
                               f"+ floor {rtol * scale_of(r):.3g}")
+
+
+def assert_large_norms_match(case: Case, backend: str, upstream: Tensor) -> None:
+    """Inputs of norm ~1e3: normalised, the loss is that of unit vectors; unnormalised, the
+    logits reach ~1e5, where fp32 itself is off by ~1e-2, so the backend is judged against
+    the dense fp32 computation's own error (its gradients can be off by tens of percent)."""
+    ours, ref = run(case, backend=backend, upstream=upstream), oracle(case, upstream=upstream)
+    if case.normalize:
+        assert_matches(ours, ref, 1e-4, 1e-6)
+    else:
+        dense = run(case, backend="reference", upstream=upstream)
+        assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=1e-4)

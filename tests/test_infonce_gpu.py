@@ -12,7 +12,8 @@ import torch
 
 from pixcontrast.ops import fused_pixel_contrast, not_supported_reasons
 from tests._oracle import (
-    IGNORE, assert_lowprec_matches, assert_matches, make_case, oracle, run,
+    IGNORE, assert_large_norms_match, assert_lowprec_matches, assert_matches, make_case,
+    oracle, run,
 )
 
 pytestmark = pytest.mark.gpu
@@ -93,13 +94,8 @@ def test_gpu_large_norms(backend, normalize):
     temperature = 0.5 if normalize else 50.0
     case = to_cuda(make_case("bank-grad", n=65, m=301, d=40, scale=300.0, normalize=normalize,
                              temperature=temperature))
-    up = torch.randn((), device="cuda", dtype=torch.float64)
-    ours, ref = run(case, backend=backend, upstream=up), oracle(case, upstream=up)
-    if normalize:
-        assert_matches(ours, ref, 1e-4, 1e-6)
-    else:
-        dense = run(case, backend="reference", upstream=up)
-        assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=1e-4)
+    assert_large_norms_match(case, backend,
+                             torch.randn((), device="cuda", dtype=torch.float64))
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)

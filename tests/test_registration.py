@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pixcontrast.ops import fused_pixel_contrast
-from tests._oracle import make_case, oracle, run
+from tests._oracle import make_case, oracle
 
 OPS = {
     "cpu": lambda: torch.ops.pixcontrast.infonce_forward.default,

@@ -187,24 +187,22 @@ std::tuple<Tensor, Tensor> infonce_backward_columns_cuda(
                                      ignore_index, normalize);
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
-  Tensor grad_contrast = at::empty({m, d}, f32);
-  if (m > 0) {
+  // One launch per column segment (the launcher returns at once for an empty one).
+  auto column_grad = [&](const Tensor& data, const Tensor& data_labels, int64_t num,
+                         bool is_self, const char* kernel) {
+    Tensor grad = at::empty({num, d}, f32);
     PIXCONTRAST_CHECK_LAUNCH(
-        infonce_backward_columns(rows, make_segment(contrast, contrast_labels, false),
+        infonce_backward_columns(rows, make_segment(data, data_labels, is_self),
                                  lse32.data_ptr<float>(), sig32.data_ptr<float>(),
-                                 coef32.data_ptr<float>(), grad_contrast.data_ptr<float>(),
-                                 stream),
-        "infonce_backward_columns (contrast)");
-  }
-  Tensor grad_anchor_cols = at::empty({n_cols, d}, f32);
-  if (n_cols > 0) {
-    PIXCONTRAST_CHECK_LAUNCH(
-        infonce_backward_columns(rows, make_segment(anchors, labels, true),
-                                 lse32.data_ptr<float>(), sig32.data_ptr<float>(),
-                                 coef32.data_ptr<float>(), grad_anchor_cols.data_ptr<float>(),
-                                 stream),
-        "infonce_backward_columns (anchors)");
-  }
+                                 coef32.data_ptr<float>(), grad.data_ptr<float>(), stream),
+        kernel);
+    return grad;
+  };
+  Tensor grad_contrast = column_grad(contrast, contrast_labels, m, false,
+                                     "infonce_backward_columns (contrast)");
+  Tensor grad_anchor_cols = self_contrast
+      ? column_grad(anchors, labels, n, true, "infonce_backward_columns (anchors)")
+      : at::empty({0, d}, f32);
   return {grad_contrast, grad_anchor_cols};
 }
 
