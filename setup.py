@@ -1,11 +1,15 @@
-"""The one build definition of pixcontrast.
+"""The extension build of pixcontrast (the metadata and package list are in pyproject.toml).
 
 Builds ``pixcontrast._C`` from csrc/: the schema registry and the C++ CPU kernels always;
 the CUDA kernels (csrc/cuda/*.cu and their *_binding.cpp) only when torch was built with
 CUDA and nvcc is found. Honours TORCH_CUDA_ARCH_LIST and MAX_JOBS (read by
 torch.utils.cpp_extension). No network, no git.
 
+The extension is built against the torch that is already installed, so torch is not a
+build requirement and the build must not be isolated from it:
+
     pip install --no-build-isolation -e .
+    pip install --no-build-isolation --no-deps --no-index -e .   # no package registry
 """
 
 from __future__ import annotations
@@ -23,8 +27,23 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise RuntimeError(
+            f"torch cannot be imported in this build environment ({exc}). pixcontrast builds "
+            f"its C++/CUDA extension against the torch that is already installed, so torch is "
+            f"not a build requirement and pip's default build isolation (a fresh environment "
+            f"without torch) cannot build it. Install torch first (e.g. `pip install -r "
+            f"requirements.txt`), then install pixcontrast with "
+            f"`pip install --no-build-isolation -e .` (on a machine without a package "
+            f"registry: `pip install --no-build-isolation --no-deps --no-index -e .`).") from exc
+    return torch
+
+
 def _extensions():
-    import torch
+    torch = _import_torch()
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]
@@ -56,14 +75,8 @@ def _build_ext():
     return BuildExtension.with_options(use_ninja=True)
 
 
+# Everything else (name, version, dependencies, packages, package_dir) is in pyproject.toml.
 setup(
-    name="pixcontrast",
-    version="0.1.0",
-    description="Fused kernels for the pixel-wise contrastive loss of Wang et al. (ICCV 2021)",
-    packages=["pixcontrast", "pixcontrast.data", "pixcontrast.models", "pixcontrast.kernels"],
-    package_dir={"pixcontrast": "pixcontrast", "pixcontrast.kernels": "kernels"},
-    python_requires=">=3.10",
     ext_modules=_extensions(),
     cmdclass={"build_ext": _build_ext()},
-    zip_safe=False,
 )
