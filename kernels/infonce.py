@@ -183,7 +183,8 @@ def _logits(a, c, row_scale, inv_nc, INPUT_PRECISION: tl.constexpr):
     The negatives pass and the column backward must get bit-identical logits (same helper,
     same tile shapes and orientation): with unnormalised inputs the logits reach ~1e5-1e9,
     where one ulp is >= 1/128, and the backward's e^{s - lse} is only right if s_max - lse is
-    computed from the same s as lse was.
+    computed from the same s as lse was. That also needs every launch compiled without FMA
+    contraction (``_launch_options``), so that ``s`` is rounded the same way in every kernel.
     """
     s = tl.dot(a, tl.trans(c), input_precision=INPUT_PRECISION)
     return s * row_scale[:, None] * inv_nc[None, :]
@@ -490,11 +491,16 @@ def _interpreting() -> bool:
 
 
 def _config(d: int, device: torch.device, elem_size: int) -> _Config:
-    block_d = max(16, triton.next_power_of_2(d))
     if device.type != "cuda" or _interpreting():
         # Interpreter (CPU): numpy runs every op; small tiles keep the tests quick and
         # still give several row blocks and column tiles on test-sized inputs.
-        return _Config(16, 16, block_d, 4, 1)
+        return _Config(16, 16, max(16, triton.next_power_of_2(d)), 4, 1)
+    return _gpu_config(d, elem_size)
+
+
+def _gpu_config(d: int, elem_size: int) -> _Config:
+    """Tiles, warps and pipeline depth on a GPU (elem_size: the widest input dtype's bytes)."""
+    block_d = max(16, triton.next_power_of_2(d))
     # GPU: one program holds the anchor tile [BLOCK_N, BLOCK_D] and the fp32 accumulator U
     # [BLOCK_N, BLOCK_D]; 64 x 64 tiles are what flash-attention-like kernels use for head
     # dims up to 128. Past 128 the accumulator needs 8 warps (64 x 256 fp32 = 64 registers
@@ -594,7 +600,13 @@ def _check_inputs(anchors: Tensor, labels: Tensor, contrast: Tensor,
 
 
 def _dot_flags(anchors: Tensor, contrast: Tensor, allow_tf32: bool) -> dict:
-    """Constexpr flags for the dtype of the tensor-core products of one launch."""
+    """Constexpr flags for the dtype of the tensor-core products of one launch.
+
+    fp32 operands: ``"tf32"`` when TF32 is allowed, else ``"tf32x3"`` (three TF32 products
+    of a hi/lo split, fp32-accurate up to the tensor cores' truncating accumulation; see
+    the README's "fp32 modes"). Never ``"ieee"``: Triton lowers it to CUDA-core FMA loops
+    that spilled 7.5 KB per thread at D=256 and ran 15x slower than dense PyTorch on an H200.
+    """
     mixed = anchors.dtype != contrast.dtype
     dot_dtype = torch.float32 if mixed else anchors.dtype
     # The Triton interpreter's tl.dot is wrong for bf16 operands (see _weights_for_dot):
@@ -602,10 +614,24 @@ def _dot_flags(anchors: Tensor, contrast: Tensor, allow_tf32: bool) -> dict:
     interp_bf16 = _interpreting() and torch.bfloat16 in (anchors.dtype, contrast.dtype)
     # input_precision only matters for fp32 operands; 16-bit dots keep Triton's default
     # ("tf32"), the path every bf16/fp16 Triton kernel takes.
-    ieee = dot_dtype == torch.float32 and not allow_tf32
+    strict = dot_dtype == torch.float32 and not allow_tf32
     return dict(UPCAST=mixed or interp_bf16, RESCALE=dot_dtype == torch.float16,
                 ROUND_BF16=interp_bf16 and dot_dtype == torch.bfloat16,
-                INPUT_PRECISION="ieee" if ieee else "tf32")
+                INPUT_PRECISION="tf32x3" if strict else "tf32")
+
+
+def _launch_options(cfg: _Config) -> dict:
+    """Compiler options of every launch (the AOT check in tests/ compiles with these).
+
+    ``enable_fp_fusion=False``: with Triton's default, LLVM contracts ``dot·scale - lse``
+    into one FMA wherever the logits have a single use (the positives and column-backward
+    kernels) but rounds ``s = dot·scale`` first where they have several (the negatives
+    kernel). The column backward's ``e^{s - lse}`` then differs from the forward's by up to
+    half an ulp of ``s``, which for unnormalised inputs (``|s|`` ~ 1e5) is a factor e^{±0.02}
+    on the dominant negative: the contrast gradient was off by 113 % on an H200. The dot
+    products themselves are tensor-core MMAs and do not change.
+    """
+    return dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, enable_fp_fusion=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -652,7 +678,7 @@ def infonce_forward(
         ws_u, ws_v = ws_vec.unbind(0)
     else:
         ws_u = ws_v = ws  # never dereferenced (NEED_GRAD=False)
-    launch = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch = _launch_options(cfg)
     common = dict(NORMALIZE=normalize, NEED_GRAD=need_grad, BLOCK_N=cfg.block_n,
                   BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d)
     for seg in segments:
@@ -689,7 +715,7 @@ def infonce_forward(
         row_loss, lse, pos_sig, num_pos, row_grad,
         n, d, slots, inv_temperature,
         NORMALIZE=normalize, NEED_GRAD=need_grad, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
-        num_warps=cfg.num_warps)
+        **_launch_options(cfg))
     return row_loss, lse, pos_sig, num_pos, row_grad
 
 
@@ -728,6 +754,6 @@ def infonce_backward_columns(
                 n, num, d, inv_temperature, ignore_index,
                 NORMALIZE=normalize, EXCLUDE_SELF=is_self, **_dot_flags(anchors, c, allow_tf32),
                 BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                **_launch_options(cfg))
         outputs.append(grad)
     return outputs[0], outputs[1]

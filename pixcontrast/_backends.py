@@ -68,3 +68,24 @@ def require_cuda(device: torch.device, missing: list[str] | None, what: str) -> 
     reasons = cuda_reasons(device, missing)
     if reasons:
         raise RuntimeError(f"{what}: backend 'cuda' cannot run: " + "; ".join(reasons))
+
+
+@torch.compiler.assume_constant_result
+def cuda_matmul_allows_tf32() -> bool:
+    """Whether fp32 matmuls on CUDA may use TF32, as ``torch.matmul`` decides it.
+
+    A constant for ``torch.compile`` (dynamo cannot trace the precision getter; its global
+    state guard recompiles when the TF32 setting changes).
+
+    Read through ``torch.backends.cuda.matmul.fp32_precision`` where it exists (torch ≥ 2.9):
+    once a program has set the new API, reading the legacy ``allow_tf32`` flag raises
+    ("mix of the legacy and new APIs"). ``"none"`` inherits ``torch.backends.fp32_precision``,
+    whose own ``"none"`` means IEEE, PyTorch's default.
+    """
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch < 2.9
+        return bool(matmul.allow_tf32)
+    if precision == "none":
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    return precision == "tf32"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from pixcontrast._backends import cuda_matmul_allows_tf32
 from pixcontrast._extension import extension_available
 
 __all__ = ["forward_op"]
@@ -146,7 +147,7 @@ infonce_forward_triton.register_autograd(_bw, setup_context=_ctx)
 def forward_op(backend: str) -> Callable[..., tuple[Tensor, ...]]:
     """The row-pass op of a kernel backend (``"cpu"``/``"cuda"`` share the C++ schema)."""
     if backend == "triton":
-        return lambda *args: infonce_forward_triton(
-            *args, torch.backends.cuda.matmul.allow_tf32)
+        # The fp32 mode is read here, once, and saved for backward as an op argument.
+        return lambda *args: infonce_forward_triton(*args, cuda_matmul_allows_tf32())
     return torch.ops.pixcontrast.infonce_forward
 

@@ -1,0 +1,99 @@
+"""The Triton InfoNCE kernels as an H100/H200 compiles them, checked on the CPU.
+
+benchmarks/aot_kernels.py runs the real launchers on fake CUDA tensors, captures every
+launch (arguments, constants, compiler options) and compiles it for sm_90 with Triton's own
+specialisation. Here, for a bf16 paper-like case, an fp32 case with TF32 off (3xTF32) and
+the unnormalised large-norm case of the GPU tests:
+
+* no launch allows FMA contraction, and no loss kernel's PTX has a contracted
+  ``fma.rn.f32``: every kernel rounds ``s = dot·scale`` the same way, so the column backward
+  recomputes the forward's logits bit for bit (without it the contrast gradient was off by
+  113 % on an H200, diagnosis §4.2);
+* fp32 with TF32 off runs ``tf32x3`` on the tensor cores (never CUDA-core "ieee" dots,
+  which spilled and ran 15× slower than dense PyTorch there);
+* every launch fits the 227 KB of shared memory of an sm_90 CTA.
+
+The same compile with contraction allowed must show FMAs, so the detector is live.
+Needs a process without TRITON_INTERPRET (the kernels must be JIT functions, not
+interpreted ones): the check runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r"""
+import dataclasses, json, sys
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+import aot_kernels as A
+
+cases = [
+    A.Case("bf16-bank+anchors", dtype="bf16", d=256, n=333, m=4099),
+    A.Case("fp32-strict-300", dtype="fp32", d=300, n=70, m=300, mode="bank-grad"),
+    A.Case("large-norm-fp32", dtype="fp32", d=40, n=65, m=301, mode="bank-grad",
+           normalize=False),
+    A.Case("tf32-self", dtype="tf32", d=48, n=100, m=0, mode="self"),
+]
+rows = A.report(cases)
+# Control: the same launch compiled with contraction allowed must show FMAs.
+launch = next(l for l in A.capture_launches(cases[2])
+              if l.kernel.__name__ == "_columns_backward_kernel")
+control = A.compile_launch(launch, enable_fp_fusion=True)
+print(json.dumps({"rows": rows, "control": control}))
+"""
+
+LOSS_KERNELS = ("_negatives_kernel", "_positives_kernel", "_columns_backward_kernel")
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    pytest.importorskip("triton")
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, ROOT], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_every_launch_is_compiled_without_fp_contraction(compiled):
+    rows = compiled["rows"]
+    kernels = {r["kernel"] for r in rows}
+    assert set(LOSS_KERNELS) | {"_finalize_kernel"} <= kernels
+    for r in rows:
+        where = f"{r['case']}: {r['kernel']}"
+        assert r["options"]["enable_fp_fusion"] is False, where
+        assert r["compiled_fp_fusion"] is False, where
+        assert r["fma"] == 0, f"{where}: {r['fma']} contracted fma.rn.f32 in the PTX"
+
+
+def test_contraction_detector_sees_fmas_when_allowed(compiled):
+    assert compiled["control"]["fma"] > 0
+
+
+def test_fp32_modes_use_the_tensor_cores(compiled):
+    for r in compiled["rows"]:
+        if r["kernel"] not in LOSS_KERNELS:
+            continue
+        where = f"{r['case']}: {r['kernel']}"
+        assert r["mma"], f"{where}: no tensor-core instruction"
+        if r["dtype"] == "fp32":
+            assert r["input_precision"] == "tf32x3", where
+            # three TF32 products of a hi/lo split: operands are rounded to TF32 (cvt.rna)
+            assert r["tf32_cvt"] > 0, where
+        elif r["dtype"] == "tf32":
+            assert r["input_precision"] == "tf32", where
+        assert all(".f16" in k or ".bf16" in k or ".tf32" in k or k.startswith("mma.")
+                   for k in r["mma"]), f"{where}: {r['mma']}"
+
+
+def test_every_launch_fits_the_shared_memory_of_an_sm90_cta(compiled):
+    for r in compiled["rows"]:
+        assert r["smem_ok"], f"{r['case']}: {r['kernel']} needs {r['smem']} B of smem"
