@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from pixcontrast.memory_bank import MemoryBank
+from pixcontrast.memory_bank import MemoryBank, class_sums
 
 IGNORE = -1
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -458,6 +458,32 @@ def test_ddp_replicas_identical_and_match_concatenated_batch(tmp_path, dtype):
 
 
 # ------------------------------------------------------------------------------------
+# Class sums: both fixed-order methods against float64 loops
+# ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["scatter", "matmul"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_class_sums_match_float64_loops(method, dtype):
+    b, d, hw, bins = 3, 37, 501, 6
+    x = (torch.randn(b, d, hw, dtype=torch.float64) + 0.5)
+    y = torch.randint(0, bins, (b, hw))
+    y[1][y[1] == 2] = 3  # a class absent from one image: its sum is exactly 0
+    got = class_sums(x.to(dtype), y, bins, method=method)
+    assert got.shape == (b, d, bins) and got.dtype == dtype
+    want = torch.stack([torch.stack([x[i][:, y[i] == c].sum(1) for c in range(bins)], 1)
+                        for i in range(b)])
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    assert torch.count_nonzero(got[1, :, 2]) == 0
+    assert torch.equal(got, class_sums(x.to(dtype), y, bins, method=method))
+
+
+def test_class_sums_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="method must be"):
+        class_sums(torch.randn(1, 2, 3), torch.zeros(1, 3, dtype=torch.long), 2, "atomic")
+
+
+# ------------------------------------------------------------------------------------
 # GPU
 # ------------------------------------------------------------------------------------
 
@@ -487,16 +513,41 @@ def test_gpu_update_has_no_host_sync_and_matches_oracle(dtype, backend):
     check_pixels(cpu, pix, atol=atol)
 
 
+def enqueue_same_entries(backends, k, d, size, ppu, dtype, batches):
+    """Banks that differ only in the write backend, fed the same entries (``_entries`` is
+    computed once per batch and enqueued into each bank): the writes must agree bit for bit."""
+    banks = {be: MemoryBank(k, d, size=size, pixels_per_update=ppu, ignore_index=IGNORE,
+                            dtype=dtype).cuda() for be in backends}
+    for emb, labels in batches:
+        gen = torch.Generator(device="cuda").manual_seed(int(torch.randint(0, 2**31, ())))
+        entries = banks[backends[0]]._entries(emb, labels, gen)
+        for be, bank in banks.items():
+            bank._enqueue(*entries, be)
+    return banks
+
+
+@pytest.mark.gpu
+def test_gpu_entries_are_deterministic():
+    # (4 classes, D=300, 30 pixels per image): several pixels per (image, class) spread
+    # over many CTAs, the case whose float-atomic sums differed between two calls.
+    k, d = 4, 300
+    bank = MemoryBank(k, d, size=40, pixels_per_update=3, ignore_index=IGNORE).cuda()
+    emb, labels = make_batch(4, d, 6, 5, k, device="cuda")
+    first = bank._entries(emb, labels, torch.Generator(device="cuda").manual_seed(3))
+    second = bank._entries(emb, labels, torch.Generator(device="cuda").manual_seed(3))
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+    big_emb, big_labels = make_batch(8, 256, 64, 128, 19, device="cuda")
+    sums = [class_sums(big_emb.flatten(2), big_labels.flatten(1).clamp(0, 19), 20)
+            for _ in range(2)]
+    assert torch.equal(sums[0], sums[1])
+
+
 @pytest.mark.gpu
 def test_gpu_triton_write_matches_torch():
     k, d = 19, 256
-    banks = {be: MemoryBank(k, d, size=30, pixels_per_update=10, ignore_index=IGNORE).cuda()
-             for be in ("torch", "triton")}
-    for _ in range(3):
-        emb, labels = make_batch(8, d, 32, 64, k, device="cuda")
-        for be, bank in banks.items():
-            bank.update(emb, labels, torch.Generator(device="cuda").manual_seed(5),
-                        backend=be)
+    batches = [make_batch(8, d, 32, 64, k, device="cuda") for _ in range(3)]
+    banks = enqueue_same_entries(("torch", "triton"), k, d, 30, 10, torch.float32, batches)
     for name, buf in banks["torch"].state_dict().items():
         assert torch.equal(buf, banks["triton"].state_dict()[name]), name
 
@@ -506,16 +557,10 @@ def test_gpu_triton_write_matches_torch():
                                    torch.float64])
 @pytest.mark.parametrize("k,size,d,ppu", [(3, 5, 7, 3), (4, 40, 300, 3), (19, 30, 256, 10)])
 def test_gpu_cuda_write_matches_torch_and_oracle(dtype, k, size, d, ppu):
-    # Same generator per update: only the final write differs between the backends, so
-    # the banks must agree bit for bit; the loop oracle checks the semantics.
-    banks = {be: MemoryBank(k, d, size=size, pixels_per_update=ppu, ignore_index=IGNORE,
-                            dtype=dtype).cuda() for be in ("torch", "cuda")}
+    # The same entries go to both banks: the writes must agree bit for bit; the loop oracle
+    # checks the semantics.
     batches = [make_batch(4, d, 6, 5, k, device="cuda") for _ in range(3)]
-    for emb, labels in batches:
-        seed = int(torch.randint(0, 2**31, ()))
-        for be, bank in banks.items():
-            bank.update(emb, labels, torch.Generator(device="cuda").manual_seed(seed),
-                        backend=be)
+    banks = enqueue_same_entries(("torch", "cuda"), k, d, size, ppu, dtype, batches)
     for name, buf in banks["torch"].state_dict().items():
         assert torch.equal(buf, banks["cuda"].state_dict()[name]), name
     assert (banks["cuda"].labels != IGNORE).any()
