@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -9,11 +10,54 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Precision modes of the benchmarks: mode -> (tensor dtype, TF32 for fp32 matmuls on CUDA).
+# "float32" is strict fp32 (TF32 off, PyTorch's default); "tf32" is float32 tensors with
+# TF32 on (CUDA only: no CPU path reads the flag).
+MODES = {"float32": ("float32", False), "tf32": ("float32", True), "bfloat16": ("bfloat16", False)}
+
+
+@contextlib.contextmanager
+def tf32_matmul(enabled: bool) -> Iterator[None]:
+    """TF32 for float32 CUDA matmuls on or off inside the block; the previous state after.
+
+    torch >= 2.9 keeps two records of this switch, the new
+    ``torch.backends.cuda.matmul.fp32_precision`` and the legacy one behind ``allow_tf32``,
+    and reading ``allow_tf32`` (or ``at::globalContext().allowTF32CuBLAS()`` in C++, which
+    csrc/cuda/infonce_binding.cpp calls, and torch's own inductor) raises "mix of the legacy
+    and new APIs" whenever the two disagree. Setting only ``fp32_precision = "tf32"`` makes
+    them disagree (checked on torch 2.13); the ``allow_tf32`` setter writes *both* records
+    (Context::setAllowTF32CuBLAS), so it is the one used to switch. The previous state is
+    read from ``fp32_precision`` where it exists (that read never raises) and written back
+    exactly, ``"none"`` (inherit) included. torch < 2.9: the one ``allow_tf32`` flag.
+    """
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        prev_flag = bool(matmul.allow_tf32)
+        matmul.allow_tf32 = enabled
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = prev_flag
+        return
+    prev = matmul.fp32_precision
+    matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = prev == "tf32"  # both records agree again ...
+        if matmul.fp32_precision != prev:  # ... and "none" stays "none" (still agreeing)
+            matmul.fp32_precision = prev
+
+
+def precision(mode: str) -> contextlib.AbstractContextManager:
+    """The TF32 state of a precision mode (see MODES) around a timed or measured call."""
+    return tf32_matmul(MODES[mode][1])
 
 
 def quantiles(samples_ms: list[float]) -> dict[str, float]:
@@ -97,6 +141,8 @@ def environment(device: str) -> dict:
                                 capture_output=True, text=True).stdout.strip() or None
     except OSError:
         commit = None
+    # A copy without .git (the GPU machine's): benchmarks/gpu_session.sh passes the commit.
+    commit = commit or os.environ.get("PIXCONTRAST_COMMIT") or None
     if device == "cuda":
         name = torch.cuda.get_device_name()
     else:

@@ -3,12 +3,19 @@
     python benchmarks/bench_loss.py                       # paper-bank + paper-mem-config
     python benchmarks/bench_loss.py --quick               # small sizes, about a minute
     python benchmarks/bench_loss.py --workload sweep --plot sweep.png --json sweep.json
+    python benchmarks/bench_loss.py --dtype tf32 --provider unfused --provider pixcontrast-triton
 
 Providers, side by side in one run: ``unfused`` (the 2021 release's dense formulation,
 pixcontrast.reference.unfused_pixel_contrast), ``unfused-compiled`` (the same under
 torch.compile) and ``pixcontrast-<backend>`` for every fused backend that runs on the
-device, in float32 and bfloat16 (the unfused formulation casts to float32 itself, so it is
-run once per workload and is every dtype's baseline).
+device (``--provider``, repeatable, restricts them). Precision modes (``--dtype``,
+repeatable): ``float32`` is strict fp32 (TF32 off for the whole call, PyTorch's default:
+cuBLAS runs IEEE SGEMM, our CUDA/Triton kernels 3xTF32), ``tf32`` is float32 inputs with
+TF32 on during the call (CUDA only), ``bfloat16``; default float32, tf32 and bfloat16 on
+CUDA, float32 and bfloat16 on the CPU. Each record has ``mode`` and ``dtype`` (the tensor
+dtype: float32 for tf32). The unfused formulation casts to float32 itself, so it runs in the
+float32 and tf32 modes only. Speed-up is against ``unfused`` in the same mode (so tf32 rows
+against unfused under TF32); bfloat16 rows are against ``unfused`` float32 (strict).
 
 Peak extra memory comes from one call in a fresh process per provider (the CUDA
 allocator's peak on GPU, the peak RSS on CPU); a provider that runs out of memory or time
@@ -16,9 +23,13 @@ there is recorded with that status. Times are then taken in this process with th
 providers alternating, repeat by repeat, so drift hits all alike: median and 20th/80th
 percentiles of CUDA events on GPU, perf_counter on CPU. FLOPs: 4·N·M·D for forward +
 backward against a detached bank (two GEMMs of the logits' size); 8·N²·D in self-contrast
-(the column pass of backward adds two more). The roofline is the device's GEMM rate at the
-loss's shape, measured in the same run; for the small-N workload the time to read the
-bank twice at the measured copy bandwidth is reported too.
+(the column pass of backward adds two more). The roofline ("of GEMM rate",
+``roofline_fraction``) is the rate of the loss's own two GEMMs, S = A·Cᵀ then P·C, at the
+row's N and D over a chunk of T columns (4·N·T·D FLOPs), in the GEMM precision that row
+actually runs (``gemm_mode``, table GEMM_FOR_MODE), measured in the same run, best of 10. A
+row above 1.05 of it gets a warning line: the GEMM measurement does not represent that
+row. For the small-N workload the time to read the bank twice at the measured copy
+bandwidth is reported too.
 """
 
 from __future__ import annotations
@@ -51,6 +62,38 @@ QUICK_SWEEP_M = [2_000, 6_000, 20_000]
 ALL_WORKLOADS = [*WORKLOADS, "sweep", "sampling"]
 DEFAULT_WORKLOADS = ["paper-bank", "paper-mem-config"]
 SLOW_CALL_MS = 5_000  # providers slower than this per call are timed with fewer repeats
+PROVIDERS = ["unfused", "unfused-compiled", "pixcontrast-cpu", "pixcontrast-triton",
+             "pixcontrast-cuda"]
+DEFAULT_MODES = {"cuda": ["float32", "tf32", "bfloat16"], "cpu": ["float32", "bfloat16"]}
+# The GEMM each precision mode's rows run, for their "of GEMM rate": (device, mode) -> the
+# GEMM timed (GEMM_MODES gives its dtype, TF32 state and number of passes). With
+# gemm_mode_for(), the one place this is decided.
+GEMM_FOR_MODE = {
+    ("cuda", "float32"): "float32",  # strict: cuBLAS IEEE SGEMM on CUDA cores (unfused)
+    ("cuda", "tf32"): "tf32",  # float32 inputs, TF32 tensor cores
+    ("cuda", "bfloat16"): "bfloat16",
+    ("cpu", "float32"): "float32",
+    # The CPU kernels convert bf16 tiles to fp32 and run fp32 GEMMs (ATen has no CPU bf16
+    # GEMM with fp32 output), so a bf16 GEMM rate is one they never use.
+    ("cpu", "bfloat16"): "float32",
+}
+# The fused GPU kernels run strict fp32 as 3xTF32 on the tensor cores (three TF32 products
+# per product: DESIGN §2), not as SGEMM: their rate is that of three TF32 GEMM passes.
+FUSED_GEMM_FOR_MODE = {("cuda", "float32"): "tf32x3"}
+GEMM_MODES = {  # gemm mode -> (dtype, TF32 on, passes of the two GEMMs per useful FLOP)
+    "float32": ("float32", False, 1), "tf32": ("float32", True, 1),
+    "bfloat16": ("bfloat16", False, 1), "tf32x3": ("float32", True, 3),
+}
+
+
+def gemm_mode_for(device: str, provider: str, mode: str) -> str:
+    if provider.startswith("pixcontrast-"):
+        return FUSED_GEMM_FOR_MODE.get((device, mode), GEMM_FOR_MODE[(device, mode)])
+    return GEMM_FOR_MODE[(device, mode)]
+
+
+GEMM_T = {"cpu": 16_384, "cuda": 65_536}  # columns per timed chunk of the GEMM rate
+ROOFLINE_WARN = 1.05
 
 
 def make_inputs(n: int, m: int | None, d: int, classes: int, dtype: torch.dtype, device: str):
@@ -104,6 +147,11 @@ def sync(device: str) -> None:
 
 def child(spec: dict) -> dict:
     """Peak extra memory and the time of one forward+backward, in a fresh process."""
+    with H.precision(spec["mode"]):
+        return _child(spec)
+
+
+def _child(spec: dict) -> dict:
     device = spec["device"]
     fwd, fwd_bwd = step_fns(spec["provider"], spec["shape"], spec["dtype"], device)
     try:
@@ -149,19 +197,38 @@ def predicted_peak_mb(provider: str, n: int, m: int) -> float:
     return 0.0
 
 
-def gemm_rate_tflops(device: str, dtype: torch.dtype, n: int = 1024, d: int = 256,
-                     t: int = 16384) -> float:
-    """The device's GEMM rate at the loss's shape ([N, D] × [D, T]), measured here.
+def gemm_rate_tflops(device: str, gemm_mode: str, n: int, d: int, t: int) -> float:
+    """The rate of the loss's own two GEMMs at its shape, measured here, in one mode.
 
-    The best of 10 runs: the roofline is what the machine can do, and on a shared machine
-    the median can be dragged down by a neighbour's burst.
+    S = A·Cᵀ ([N, D] × [D, T]) then P·C ([N, T] × [T, D]): 4·N·T·D FLOPs over a chunk of T
+    columns, in the dtype and TF32 state of ``gemm_mode`` (``tf32x3``: the two GEMMs three
+    times in TF32, the tensor-core work of 3xTF32, counted as 4·N·T·D useful FLOPs). The
+    best of 10 runs: the roofline is what the machine can do, and on a shared machine the
+    median can be dragged down by a neighbour's burst.
     """
+    dtype_name, tf32, passes = GEMM_MODES[gemm_mode]
+    dtype = getattr(torch, dtype_name)
     a = torch.randn(n, d, device=device).to(dtype)
-    b = torch.randn(t, d, device=device).to(dtype)
-    out = torch.empty(n, t, device=device, dtype=dtype)
+    c = torch.randn(t, d, device=device).to(dtype)
+    s = torch.empty(n, t, device=device, dtype=dtype)
+    o = torch.empty(n, d, device=device, dtype=dtype)
+
+    def two_gemms():
+        for _ in range(passes):
+            torch.mm(a, c.T, out=s)
+            torch.mm(s, c, out=o)
+
     timer = H.time_cuda if device == "cuda" else H.time_cpu
-    ms = timer(lambda: torch.mm(a, b.T, out=out), repeats=10, warmup=2)["min"]
-    return 2 * n * t * d / (ms * 1e-3) / 1e12
+    with H.tf32_matmul(tf32):
+        ms = timer(two_gemms, repeats=10, warmup=2)["min"]
+    return 4 * n * t * d / (ms * 1e-3) / 1e12
+
+
+def gemm_rates(cases: list[dict], device: str) -> dict[tuple, float]:
+    """(gemm_mode, N, D) -> TFLOP/s for every GEMM the cases' rows are compared against."""
+    keys = sorted({(gemm_mode_for(device, c["provider"], c["mode"]), c["N"], c["D"])
+                   for c in cases})
+    return {k: gemm_rate_tflops(device, *k, GEMM_T[device]) for k in keys}
 
 
 def copy_bandwidth_gbs(device: str, mb: int = 512) -> float:
@@ -173,13 +240,23 @@ def copy_bandwidth_gbs(device: str, mb: int = 512) -> float:
     return 2 * src.numel() / (ms * 1e-3) / 1e9
 
 
-def providers_for(device: str) -> list[str]:
+def providers_for(device: str, wanted: list[str] | None = None) -> list[str]:
     from pixcontrast.ops import not_supported_reasons
     out = ["unfused", "unfused-compiled"]
     probe = torch.empty(1, 8, device=device)
     out += [f"pixcontrast-{b}" for b in ("cpu", "triton", "cuda")
             if not not_supported_reasons(b, probe)]
-    return out
+    for p in set(wanted or []) - set(out):
+        print(f"# note: provider {p} does not run on {device} here: skipped", file=sys.stderr)
+    return [p for p in out if wanted is None or p in wanted]
+
+
+def modes_for(provider: str, modes: list[str]) -> list[str]:
+    """The unfused formulation casts to float32 itself: float32 and tf32 modes only (float32
+    when neither is asked for, as the baseline of bfloat16)."""
+    if provider.startswith("unfused"):
+        return [m for m in modes if m != "bfloat16"] or ["float32"]
+    return modes
 
 
 def loss_cases(args, sizes) -> list[dict]:
@@ -193,11 +270,12 @@ def loss_cases(args, sizes) -> list[dict]:
         elif wl != "sampling":
             shapes.append((wl, sizes[wl]))
     for wl, (n, m, d, k) in shapes:
-        for prov in providers_for(args.device):
-            for dt in (["float32"] if prov.startswith("unfused") else args.dtype):
-                cases.append({"workload": wl, "provider": prov, "dtype": dt,
-                              "device": args.device, "N": n, "M": m if m is not None else n,
-                              "D": d, "self_contrast": m is None, "shape": [n, m, d, k]})
+        for prov in providers_for(args.device, args.provider):
+            for mode in modes_for(prov, args.dtype):
+                cases.append({"workload": wl, "provider": prov, "mode": mode,
+                              "dtype": H.MODES[mode][0], "device": args.device, "N": n,
+                              "M": m if m is not None else n, "D": d,
+                              "self_contrast": m is None, "shape": [n, m, d, k]})
     return cases
 
 
@@ -205,13 +283,13 @@ def measure_memory(cases: list[dict], args) -> None:
     avail = available_memory_mb(args.device)
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] memory  {case['workload']} M={case['M']} "
-              f"{case['provider']} {case['dtype']}", file=sys.stderr, flush=True)
+              f"{case['provider']} {case['mode']}", file=sys.stderr, flush=True)
         need = predicted_peak_mb(case["provider"], case["N"], case["M"])
         if need > 0.8 * avail:
             case.update(status="oom", error=f"predicted ~{need / 1024:.1f} GB, "
                                              f"{avail / 1024:.1f} GB available: not run")
             continue
-        spec = {k: case[k] for k in ("provider", "dtype", "device", "shape")}
+        spec = {k: case[k] for k in ("provider", "mode", "dtype", "device", "shape")}
         case.update(H.run_child(os.path.abspath(__file__), spec, args.timeout))
 
 
@@ -227,13 +305,15 @@ def measure_time(cases: list[dict], args) -> None:
     samples = {id(c): {"fwd": [], "fwd_bwd": []} for c in ok}
     for c in ok:  # warm-up (compilation; allocator pools on GPU) outside the measurement
         if args.device == "cuda" or c["provider"] == "unfused-compiled":
-            fns[id(c)][1]()
+            with H.precision(c["mode"]):
+                fns[id(c)][1]()
     for r in range(max(reps.values(), default=0)):
         print(f"timing round {r + 1}/{args.repeats}", file=sys.stderr, flush=True)
         for which, k in (("fwd_bwd", 1), ("fwd", 0)):
             for c in ok:
                 if r < reps[id(c)]:
-                    t = timer(fns[id(c)][k], repeats=1, warmup=0)
+                    with H.precision(c["mode"]):  # TF32 switched outside the timed region
+                        t = timer(fns[id(c)][k], repeats=1, warmup=0)
                     samples[id(c)][which].append(t["median"])
     for c in ok:
         for which in ("fwd", "fwd_bwd"):
@@ -257,19 +337,22 @@ def sampling_records(args) -> list[dict]:
     for name in providers:
         q = H.quantiles(samples[name])
         base = base or q["median"]
-        recs.append({"workload": "sampling", "provider": name, "dtype": "float32",
-                     "device": args.device, "shape_desc": shape, "status": "ok",
-                     "fwd_ms": q["median"], "fwd_p20_ms": q["p20"], "fwd_p80_ms": q["p80"],
-                     "fwd_bwd_ms": None, "peak_mem_mb": None, "tflops": None,
+        recs.append({"workload": "sampling", "provider": name, "mode": "float32",
+                     "dtype": "float32", "device": args.device, "shape_desc": shape,
+                     "status": "ok", "fwd_ms": q["median"], "fwd_p20_ms": q["p20"],
+                     "fwd_p80_ms": q["p80"], "fwd_bwd_ms": None, "peak_mem_mb": None,
+                     "tflops": None, "gemm_mode": None, "gemm_tflops": None,
                      "roofline_fraction": None, "speedup_vs_unfused": base / q["median"]})
     return recs
 
 
 def derive(cases: list[dict], gemm: dict, bandwidth: float) -> None:
+    """TFLOP/s, fraction of the GEMM rate of the row's gemm_mode, speed-up over unfused in the
+    same mode (bfloat16: over unfused float32, strict), bank-read time."""
     base = {}
     for c in cases:
         if c["provider"] == "unfused" and c.get("fwd_bwd_ms"):
-            base[(c["workload"], c["M"])] = c["fwd_bwd_ms"]
+            base[(c["workload"], c["M"], c["mode"])] = c["fwd_bwd_ms"]
     for c in cases:
         c.setdefault("fwd_ms", None)
         c.setdefault("fwd_bwd_ms", None)
@@ -277,16 +360,31 @@ def derive(cases: list[dict], gemm: dict, bandwidth: float) -> None:
         ms = c["fwd_bwd_ms"]
         flops = (8 if c["self_contrast"] else 4) * c["N"] * c["M"] * c["D"]
         c["tflops"] = flops / (ms * 1e-3) / 1e12 if ms else None
-        c["gemm_tflops"] = gemm[c["dtype"]]
-        c["roofline_fraction"] = c["tflops"] / gemm[c["dtype"]] if ms else None
-        b = base.get((c["workload"], c["M"]))
+        c["gemm_mode"] = gemm_mode_for(c["device"], c["provider"], c["mode"])
+        c["gemm_T"] = GEMM_T[c["device"]]
+        c["gemm_tflops"] = gemm[(c["gemm_mode"], c["N"], c["D"])]
+        c["roofline_fraction"] = c["tflops"] / c["gemm_tflops"] if ms else None
+        # Same mode when unfused ran in it, else (bfloat16) unfused float32, strict.
+        bm = next((m for m in (c["mode"], "float32") if (c["workload"], c["M"], m) in base),
+                  None)
+        b = base.get((c["workload"], c["M"], bm))
         c["speedup_vs_unfused"] = b / ms if (b and ms) else None
+        c["speedup_baseline_mode"] = bm if c["speedup_vs_unfused"] else None
         if not c["self_contrast"]:
             elem = 2 if c["dtype"] == "bfloat16" else 4
             read_twice_ms = 2 * c["M"] * c["D"] * elem / (bandwidth * 1e9) * 1e3
             c["bank_read_twice_ms"] = read_twice_ms
             c["bandwidth_fraction"] = read_twice_ms / ms if ms else None
         del c["shape"]
+
+
+def roofline_warnings(records: list[dict]) -> list[str]:
+    """A loud line for every row above ROOFLINE_WARN of its GEMM rate (shown, not clamped)."""
+    return [f"**!!! WARNING !!!** {r['workload']} M={r['M']} {r['provider']} {r['mode']}: "
+            f"{r['tflops']:.3g} TFLOP/s is {r['roofline_fraction']:.2f}× the measured "
+            f"{r['gemm_mode']} GEMM rate ({r['gemm_tflops']:.3g} TFLOP/s): the GEMM rate "
+            "measurement is NOT representative for this row."
+            for r in records if (r.get("roofline_fraction") or 0) > ROOFLINE_WARN]
 
 
 def plot(records: list[dict], path: str) -> None:
@@ -299,7 +397,7 @@ def plot(records: list[dict], path: str) -> None:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     series: dict[str, list[dict]] = {}
     for r in rows:
-        series.setdefault(f"{r['provider']} ({r['dtype']})", []).append(r)
+        series.setdefault(f"{r['provider']} ({r['mode']})", []).append(r)
     for label, rs in sorted(series.items()):
         ok = sorted((r for r in rs if r["status"] == "ok"), key=lambda r: r["M"])
         if ok:
@@ -330,8 +428,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help=f"repeatable; default {' '.join(DEFAULT_WORKLOADS)}")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", action="append", choices=["float32", "bfloat16"],
-                   help="repeatable; default float32 and bfloat16")
+    p.add_argument("--dtype", action="append", choices=list(H.MODES),
+                   help="precision mode, repeatable; float32 is strict (TF32 off), tf32 is "
+                        "CUDA only; default float32 tf32 bfloat16 on cuda, float32 bfloat16 "
+                        "on cpu")
+    p.add_argument("--provider", action="append", choices=PROVIDERS,
+                   help="repeatable; default every provider that runs on the device")
     p.add_argument("--quick", action="store_true", help="small sizes (CI and smoke tests)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per provider call")
@@ -345,20 +447,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
     args.workload = args.workload or DEFAULT_WORKLOADS
-    args.dtype = args.dtype or ["float32", "bfloat16"]
+    args.dtype = list(dict.fromkeys(args.dtype or DEFAULT_MODES[args.device]))
+    if args.device == "cpu" and "tf32" in args.dtype:
+        print("# note: tf32 is a CUDA mode (no CPU path reads the flag): skipped on cpu",
+              file=sys.stderr)
+        args.dtype.remove("tf32")
+        if not args.dtype:
+            p.error("--dtype tf32 alone on cpu: nothing to measure")
     args.repeats = args.repeats or (3 if args.device == "cpu" else 20)
 
     env = H.environment(args.device)
-    gemm = {dt: gemm_rate_tflops(args.device, getattr(torch, dt)) for dt in args.dtype}
-    gemm.setdefault("float32", gemm_rate_tflops(args.device, torch.float32))
+    cases = loss_cases(args, QUICK if args.quick else WORKLOADS)
+    gemm = gemm_rates(cases, args.device)
     bandwidth = copy_bandwidth_gbs(args.device)
     print(f"# {env['device_name']} · torch {env['torch']} · triton {env['triton']} · "
           f"{env['cpu_threads']} threads · commit {env['commit']}", file=sys.stderr)
-    print("# measured GEMM rate: " + ", ".join(f"{dt} {r:.2f} TFLOP/s" for dt, r in
-                                               gemm.items())
+    print(f"# measured GEMM rate (S = A·Cᵀ then P·C, T = {GEMM_T[args.device]}, best of 10): "
+          + ", ".join(f"{m} N={n} D={d} {r:.3g} TFLOP/s" for (m, n, d), r in gemm.items())
           + f"; copy bandwidth {bandwidth:.1f} GB/s", file=sys.stderr)
+    print("# GEMM of each mode: " + ", ".join(
+        f"{m} → {g}" for (dev, m), g in GEMM_FOR_MODE.items()
+        if dev == args.device and m in args.dtype) + "".join(
+        f" (fused {m}: {g})" for (dev, m), g in FUSED_GEMM_FOR_MODE.items()
+        if dev == args.device and m in args.dtype), file=sys.stderr)
 
-    cases = loss_cases(args, QUICK if args.quick else WORKLOADS)
     measure_memory(cases, args)
     measure_time(cases, args)
     derive(cases, gemm, bandwidth)
@@ -366,12 +478,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     meta = {"date": datetime.date.today().isoformat(), "bandwidth_gbs": bandwidth, **env}
     records = [{**r, **meta} for r in records]
 
-    cols = [("workload", "workload"), ("provider", "provider"), ("dtype", "dtype"),
+    cols = [("workload", "workload"), ("provider", "provider"), ("mode", "mode"),
+            ("dtype", "dtype"),
             ("N", "N"), ("M", "M"), ("fwd ms", "fwd_ms"), ("fwd+bwd ms", "fwd_bwd_ms"),
             ("peak extra MB", "peak_mem_mb"), ("TFLOP/s", "tflops"),
             ("of GEMM rate", "roofline_fraction"), ("speed-up", "speedup_vs_unfused"),
             ("status", "status")]
     print(H.markdown_table(records, cols))
+    print("\nSpeed-up: over `unfused` in the same mode; bfloat16 rows over `unfused` float32 "
+          "(strict). Of GEMM rate: over the rate of the loss's two GEMMs at the row's N, D in "
+          "its gemm_mode (" + ", ".join(f"{m} → {g}" for (dev, m), g in GEMM_FOR_MODE.items()
+                                        if dev == args.device)
+          + "".join(f"; fused {m} → {g}: three TF32 passes" for (dev, m), g
+                    in FUSED_GEMM_FOR_MODE.items() if dev == args.device) + ").")
+    for line in roofline_warnings(records):
+        print("\n" + line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(records, f, indent=1)

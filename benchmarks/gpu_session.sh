@@ -1,28 +1,146 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: build against its torch, run every test (GPU-marked ones
-# included), then the benchmark; results land in $OUT (or benchmarks/results/tmp-gpu).
-#   bash benchmarks/gpu_session.sh
+# One call on a lent GPU machine (an H100/H200 with torch, Triton, nvcc, no registry):
+# build, the GPU tests in parallel, the benchmarks and a per-kernel profile, in one go.
+#
+#   bash benchmarks/gpu_session.sh            # everything, < 8 minutes on an H200
+#   bash benchmarks/gpu_session.sh --quick    # tuning round: build, loss-kernel GPU tests,
+#                                             # the loss benchmark at paper size (< 4 min)
+#   bash benchmarks/gpu_session.sh --triage   # also benchmarks/gpu_triage.py (~1 min)
+#   bash benchmarks/gpu_session.sh --dry-run  # no GPU: check the tools import, print the plan
+#
+# Results go to $OUT (the device tool's folder) or benchmarks/results/tmp-gpu: summary.md
+# (versions, one line per step with its status and time, the tests' summary line, the
+# tables), the benchmark JSON, and session.tgz with every log. Each step has a time limit
+# so that a hang cannot eat the machine's time; a failed step does not stop the others.
+# PIXCONTRAST_COMMIT names the commit where the copy has no .git.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+quick=0 dry=0 triage=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    --dry-run) dry=1 ;;
+    --triage) triage=1 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "gpu_session.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+  esac
+done
+
 out="${OUT:-benchmarks/results/tmp-gpu}"
+work="$(mktemp -d)"
 mkdir -p "$out"
+summary="$work/summary.md"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
+export PYTHONUNBUFFERED=1 PIXCONTRAST_COMMIT="${PIXCONTRAST_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+unset TRITON_INTERPRET
+py=python3
+t_start=$(date +%s)
+
+# step NAME LIMIT_S CMD...: run with a time limit, log to $work/NAME.log, one summary line.
+step() {
+  local name=$1 limit=$2 t0 rc
+  shift 2
+  if [ "$dry" = 1 ]; then
+    echo "- plan: $name (limit ${limit} s): $*" | tee -a "$summary"
+    return 0
+  fi
+  t0=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" > "$work/$name.log" 2>&1
+  rc=$?
+  local status=ok
+  [ $rc = 124 ] || [ $rc = 137 ] && status="TIMEOUT after ${limit} s"
+  [ $rc != 0 ] && [ "$status" = ok ] && status="FAILED (rc=$rc)"
+  printf -- '- %s: %s, %d s (at %d s)\n' "$name" "$status" "$(( $(date +%s) - t0 ))" \
+    "$(( $(date +%s) - t_start ))" | tee -a "$summary"
+  return $rc
+}
+
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-} > "$out/env.txt" 2>&1
-pip install --no-build-isolation -e . > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
-# C++ kernel tests against a CPU computation (tests/cpp/*.cu), when cmake is there.
-if command -v cmake > /dev/null; then
-  { cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-      -DCMAKE_PREFIX_PATH="$(python -c 'import torch; print(torch.utils.cmake_prefix_path)')" &&
-    cmake --build build/cmake -j "$MAX_JOBS" &&
-    ctest --test-dir build/cmake --output-on-failure; } > "$out/ctest.log" 2>&1
-  echo "ctest rc=$?" >> "$out/ctest.log"
-  tail -3 "$out/ctest.log"
+  echo "# pixcontrast GPU session $(date -u +%Y-%m-%dT%H:%MZ), commit $PIXCONTRAST_COMMIT"
+  echo
+  echo '```'
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | head -3
+  $py -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__)" 2>&1
+  nvcc --version 2>&1 | tail -1
+  $py -m pip --version 2>&1
+  echo "cpus $(nproc); TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS; mode: quick=$quick triage=$triage dry=$dry"
+  echo '```'
+  echo
+} > "$summary"
+cat "$summary"
+
+if [ "$dry" = 1 ]; then
+  # What CI checks on a machine without a GPU: the scripts parse and import.
+  for tool in benchmarks/bench_loss.py benchmarks/bench_sampling.py benchmarks/profile_loss.py \
+              benchmarks/gpu_triage.py benchmarks/aot_kernels.py; do
+    $py "$tool" --help > /dev/null || { echo "dry run: $tool --help failed" >&2; exit 1; }
+  done
+  echo "- dry run: the session's tools import and parse their options" | tee -a "$summary"
 fi
-python -m pytest -q -p no:warnings > "$out/tests.log" 2>&1
-echo "tests rc=$?" >> "$out/tests.log"
-tail -5 "$out/tests.log"
-python benchmarks/bench_loss.py --device cuda --json "$out/bench.json" > "$out/bench.md" 2> "$out/bench.err"
-cat "$out/env.txt" "$out/bench.md"
+
+# 1. Build against the machine's torch (pyproject.toml: PEP 660 editable, no registry).
+step build 300 $py -m pip install --no-build-isolation --no-deps --no-index -e . ||
+  { tail -30 "$work/build.log"; cp "$summary" "$out/"; tar czf "$out/session.tgz" -C "$work" .; exit 1; }
+
+# 2. The C++ kernel tests (tests/cpp/*.cu) build in the background while the tests run.
+if [ "$quick" = 0 ] && command -v cmake > /dev/null; then
+  prefix=$($py -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null)
+  if [ "$dry" = 1 ]; then
+    echo "- plan: ctest (cmake -DCMAKE_CUDA_ARCHITECTURES=90, built in the background)" | tee -a "$summary"
+  else
+    ( cmake -S . -B build/gpu-cmake -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DCMAKE_PREFIX_PATH="$prefix" && cmake --build build/gpu-cmake -j 6 ) \
+        > "$work/cmake.log" 2>&1 &
+    cmake_pid=$!
+  fi
+fi
+
+# 3. Optional triage of a CUDA fault (each probe in a fresh process).
+if [ "$triage" = 1 ]; then
+  step triage 150 $py benchmarks/gpu_triage.py --timeout 60
+  [ "$dry" = 1 ] || cat "$work/triage.log"
+fi
+
+# 4. GPU tests, 8 workers; a worker whose CUDA context a fault killed is replaced
+#    (tests/conftest.py charges the fault to the test that caused it).
+if [ "$quick" = 1 ]; then tests=(tests/test_infonce_gpu.py); limit=150; else tests=(tests); limit=300; fi
+step gpu-tests "$limit" $py -m pytest -m gpu -n 8 --max-worker-restart 32 -q -p no:cacheprovider \
+  -rfE --junitxml="$work/gpu-tests.xml" "${tests[@]}"
+[ "$dry" = 1 ] || { echo '```'; grep -E '^(FAILED|ERROR) ' "$work/gpu-tests.log" | head -40;
+                    tail -1 "$work/gpu-tests.log"; echo '```'; } | tee -a "$summary"
+
+# 5. The loss benchmark at paper size, every mode (strict fp32, TF32, bf16), against the
+#    unfused formulation and the GEMM rate of each mode measured in the same run.
+if [ "$quick" = 1 ]; then wl=(--workload paper-bank); else
+  wl=(--workload paper-bank --workload paper-mem-config); fi
+step bench-loss 240 $py benchmarks/bench_loss.py --device cuda "${wl[@]}" \
+  --provider unfused --provider pixcontrast-triton --provider pixcontrast-cuda \
+  --json "$work/bench-loss.json"
+[ "$dry" = 1 ] || { grep -v '^\[' "$work/bench-loss.log" | grep -v '^timing round' ; } >> "$summary"
+
+if [ "$quick" = 0 ]; then
+  # 6. Sampling + bank update, eager.
+  step bench-sampling 120 $py benchmarks/bench_sampling.py --device cuda \
+    --json "$work/bench-sampling.json"
+  [ "$dry" = 1 ] || cat "$work/bench-sampling.log" >> "$summary"
+  # 7. Where one loss step's time goes, per kernel, per GPU backend (bf16 and strict fp32).
+  step profile 150 $py benchmarks/profile_loss.py --device cuda --dtype bfloat16 --dtype float32 \
+    --json "$work/profile.json" --md "$work/profile.md"
+  [ "$dry" = 1 ] || cat "$work/profile.md" >> "$summary" 2>/dev/null
+  # 8. The C++ kernel tests.
+  if [ -n "${cmake_pid:-}" ]; then
+    wait "$cmake_pid"; echo "cmake build rc=$?" >> "$work/cmake.log"
+    step ctest 120 ctest --test-dir build/gpu-cmake --output-on-failure
+    [ "$dry" = 1 ] || tail -3 "$work/ctest.log" >> "$summary"
+  fi
+fi
+
+echo "- total: $(( $(date +%s) - t_start )) s" | tee -a "$summary"
+cp "$summary" "$out/summary.md"
+for f in bench-loss.json bench-sampling.json profile.json gpu-tests.xml; do
+  [ -f "$work/$f" ] && cp "$work/$f" "$out/"
+done
+tar czf "$out/session.tgz" -C "$work" .
+echo
+cat "$summary"

@@ -7,10 +7,17 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = {"workload", "provider", "dtype", "device", "fwd_ms", "fwd_bwd_ms", "peak_mem_mb",
-        "status", "tflops", "roofline_fraction", "speedup_vs_unfused", "torch", "triton",
-        "commit", "N", "M", "D"}
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import _harness as H  # noqa: E402
+import bench_loss  # noqa: E402
+
+KEYS = {"workload", "provider", "mode", "dtype", "device", "fwd_ms", "fwd_bwd_ms",
+        "peak_mem_mb", "status", "tflops", "gemm_mode", "gemm_tflops", "roofline_fraction",
+        "speedup_vs_unfused", "torch", "triton", "commit", "N", "M", "D"}
 
 
 def test_quick_run_writes_json_table_and_plot(tmp_path):
@@ -30,12 +37,86 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
     for r in records:
         assert KEYS <= r.keys(), KEYS - r.keys()
         assert r["status"] in {"ok", "oom", "timeout", "unsupported", "error"}
+        # Precision modes: cpu runs float32 (strict) and bfloat16; tf32 is CUDA only.
+        assert r["mode"] in {"float32", "bfloat16"} and r["dtype"] == H.MODES[r["mode"]][0]
+        # The GEMM rate a row is compared against follows the one table; on the CPU the
+        # bf16 kernels run fp32 GEMMs, so bf16 rows use the float32 rate.
+        assert r["gemm_mode"] == bench_loss.GEMM_FOR_MODE[("cpu", r["mode"])] == "float32"
+        assert r["gemm_tflops"] > 0
+        if r["provider"].startswith("unfused"):
+            assert r["mode"] == "float32"  # casts to float32 itself: no bfloat16 rows
         if r["status"] == "ok":
             assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and r["tflops"] > 0
-            assert r["speedup_vs_unfused"] > 0
+            assert r["speedup_vs_unfused"] > 0 and r["speedup_baseline_mode"] == "float32"
+            assert r["roofline_fraction"] == pytest.approx(r["tflops"] / r["gemm_tflops"])
     fused = next(r for r in records if r["provider"] == "pixcontrast-cpu"
                  and r["workload"] == "paper-bank" and r["dtype"] == "float32")
     assert fused["status"] == "ok" and fused["peak_mem_mb"] is not None
     # the markdown table is on stdout, one row per record
     assert proc.stdout.count("\n| paper-") == len(records)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "GEMM rate (S = A·Cᵀ then P·C" in proc.stderr  # the rates are in the header
+    assert "| mode |" in proc.stdout
+
+
+def _state():
+    m = torch.backends.cuda.matmul
+    return m.allow_tf32, getattr(m, "fp32_precision", None)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_tf32_context_sets_both_records_and_restores(enabled):
+    before = _state()
+    with H.tf32_matmul(enabled):
+        # Both the legacy flag (read by the CUDA extension through allowTF32CuBLAS) and the
+        # new fp32_precision (read by the Triton path) agree; reading either must not raise.
+        allow, prec = _state()
+        assert allow is enabled
+        if prec is not None:
+            assert prec == ("tf32" if enabled else "ieee")
+        with H.precision("float32" if enabled else "tf32"):  # nests
+            assert _state()[0] is (not enabled)
+        assert _state() == (allow, prec)
+    assert _state() == before
+
+
+def test_tf32_alone_on_cpu_is_refused():
+    env = {**os.environ}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_loss.py"), "--device", "cpu",
+         "--dtype", "tf32"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "skipped on cpu" in proc.stderr
+
+
+def _case(provider, mode, device="cuda", ms=10.0):
+    return {"workload": "w", "provider": provider, "mode": mode,
+            "dtype": H.MODES[mode][0], "device": device, "N": 4, "M": 8, "D": 2,
+            "self_contrast": False, "shape": [4, 8, 2, 1], "fwd_bwd_ms": ms}
+
+
+def test_derive_uses_the_gemm_and_baseline_of_each_mode():
+    cases = [_case("unfused", "float32", ms=40.0), _case("unfused", "tf32", ms=20.0),
+             _case("pixcontrast-cuda", "float32"), _case("pixcontrast-cuda", "tf32"),
+             _case("pixcontrast-cuda", "bfloat16"), _case("pixcontrast-cpu", "bfloat16", "cpu")]
+    # 4·N·M·D = 256 FLOPs in 10 ms: 2.56e-8 TFLOP/s, so most of these rates are beaten.
+    gemm = {("float32", 4, 2): 1e-8, ("tf32", 4, 2): 2e-8, ("bfloat16", 4, 2): 4e-8,
+            ("tf32x3", 4, 2): 0.5e-8}
+    bench_loss.derive(cases, gemm, bandwidth=100.0)
+    got = {(c["provider"], c["mode"]): c for c in cases}
+    assert got["pixcontrast-cuda", "float32"]["speedup_vs_unfused"] == 4.0
+    assert got["pixcontrast-cuda", "tf32"]["speedup_vs_unfused"] == 2.0  # vs unfused tf32
+    bf16 = got["pixcontrast-cuda", "bfloat16"]
+    assert bf16["speedup_vs_unfused"] == 4.0 and bf16["speedup_baseline_mode"] == "float32"
+    # the fused strict-fp32 rows run 3xTF32 (three TF32 passes), the unfused ones SGEMM
+    assert [got["pixcontrast-cuda", m]["gemm_tflops"] for m in ("float32", "tf32", "bfloat16")
+            ] == [0.5e-8, 2e-8, 4e-8]
+    assert got["pixcontrast-cuda", "float32"]["gemm_mode"] == "tf32x3"
+    assert got["unfused", "float32"]["gemm_mode"] == "float32"
+    assert got["pixcontrast-cpu", "bfloat16"]["gemm_mode"] == "float32"
+    for c in cases:
+        assert c["roofline_fraction"] == pytest.approx(c["tflops"] / c["gemm_tflops"])
+    above = [c for c in cases if c["roofline_fraction"] > 1.05]
+    assert 0 < len(above) < len(cases)  # the unfused rows (0.64×) are below
+    flagged = bench_loss.roofline_warnings(cases)
+    assert len(flagged) == len(above) and all("NOT representative" in w for w in flagged)

@@ -1,0 +1,146 @@
+"""Pin an asynchronous CUDA fault (e.g. "misaligned address") to one kernel, in ~1 minute.
+
+    python benchmarks/gpu_triage.py                 # every probe
+    python benchmarks/gpu_triage.py --probe gemm    # probes whose name contains "gemm"
+
+Each probe runs in a fresh process with ``CUDA_LAUNCH_BLOCKING=1``, so a fault cannot
+poison the next one, and every Triton launch of kernels/infonce.py is followed by a
+synchronisation that names the kernel if it faulted. Probes: the dense bf16 cuBLAS GEMM
+at the test's odd leading dimension (K = 300), the Triton and CUDA backends on the D=300
+bf16 cases that faulted on the H200 of 2026-11-29 (forward, then backward), the dense bf16
+reference of those cases, and the Triton column backward under other tile configurations.
+One line per probe: ``ok`` or the fault and where it happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PRELUDE = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, %(root)r)
+    from pixcontrast.kernels import infonce as K
+    from tests._oracle import make_case, run
+
+    def named_sync(name, kernel):
+        class Synced:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    kernel[grid](*args, **kwargs)
+                    try:
+                        torch.cuda.synchronize()
+                    except Exception as exc:
+                        print(f"FAULT in {name} grid={tuple(grid)}: {exc}".splitlines()[0],
+                              flush=True)
+                        raise SystemExit(3)
+                return launch
+        return Synced()
+
+    for _name in [n for n in vars(K) if n.endswith("_kernel")]:
+        setattr(K, _name, named_sync(_name, getattr(K, _name)))
+
+    def cuda_case(mode, d=300, dtype=torch.bfloat16):
+        case = make_case(mode, n=333, m=4099, d=d, classes=19, dtype=dtype)
+        case.anchors, case.labels = case.anchors.cuda(), case.labels.cuda()
+        if case.contrast is not None:
+            case.contrast = case.contrast.cuda()
+            case.contrast_labels = case.contrast_labels.cuda()
+        return case
+    torch.manual_seed(0)
+    """)
+
+GEMM = """
+for n in (333, 4099, 4432):
+    a = torch.randn(333, 300, device="cuda").bfloat16()
+    c = torch.randn(n, 300, device="cuda").bfloat16()
+    s = a @ c.T
+    torch.cuda.synchronize()
+"""
+
+BACKEND = """
+case = cuda_case(%(mode)r)
+up = torch.randn((), device="cuda", dtype=torch.float64)
+run(case, backend=%(backend)r, upstream=up)
+torch.cuda.synchronize()
+"""
+
+DENSE = """
+case = cuda_case(%(mode)r)
+up = torch.randn((), device="cuda", dtype=torch.float64)
+run(case, backend="oracle", upstream=up, compute_dtype=torch.bfloat16)
+torch.cuda.synchronize()
+"""
+
+CONFIG = """
+K._gpu_config = lambda d, elem_size: K._Config(%(cfg)s)
+case = cuda_case("self")
+up = torch.randn((), device="cuda", dtype=torch.float64)
+run(case, backend="triton", upstream=up)
+torch.cuda.synchronize()
+"""
+
+
+def probes() -> dict[str, str]:
+    out = {"gemm-bf16-K300": GEMM}
+    for mode in ("self", "bank+anchors"):
+        for backend in ("triton", "cuda"):
+            out[f"{backend}-bf16-D300-{mode}"] = BACKEND % {"mode": mode, "backend": backend}
+        out[f"dense-bf16-reference-D300-{mode}"] = DENSE % {"mode": mode}
+    # (block_n, block_m, block_d, num_warps, num_stages); the GPU default is (32, 64, 512, 8, 2)
+    for cfg in ("32, 64, 512, 8, 2", "32, 32, 512, 8, 2", "64, 32, 512, 8, 1",
+                "32, 64, 512, 4, 2"):
+        out["triton-bf16-D300-self-config-" + cfg.replace(", ", "x")] = CONFIG % {"cfg": cfg}
+    return out
+
+
+def run_probe(name: str, body: str, timeout: float) -> str:
+    code = PRELUDE % {"root": ROOT} + body + '\nprint("ok", flush=True)\n'
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
+    env.pop("TRITON_INTERPRET", None)
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return f"{name}: timeout after {timeout:.0f} s"
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    fault = next((ln for ln in lines if ln.startswith("FAULT in")), None)
+    if out.returncode == 0 and lines and lines[-1] == "ok":
+        verdict = "ok"
+    elif fault:
+        verdict = fault
+    else:
+        where = [ln.strip() for ln in lines if ln.strip().startswith("File ") and ROOT in ln]
+        verdict = (lines[-1] if lines else f"exit {out.returncode}") + (
+            f"  [{where[-1]}]" if where else "")
+    return f"{name}: {verdict}  ({time.perf_counter() - t0:.1f} s)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--probe", action="append", help="run probes whose name contains this")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per probe")
+    p.add_argument("--list", action="store_true", help="list the probes and exit")
+    args = p.parse_args(argv)
+    selected = {n: b for n, b in probes().items()
+                if not args.probe or any(s in n for s in args.probe)}
+    if args.list:
+        print("\n".join(selected))
+        return 0
+    faults = 0
+    for name, body in selected.items():
+        line = run_probe(name, body, args.timeout)
+        faults += ": ok " not in line
+        print(line, flush=True)
+    return 1 if faults else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
