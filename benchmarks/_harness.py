@@ -136,13 +136,15 @@ def environment(device: str) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip() or None
-    except OSError:
-        commit = None
-    # A copy without .git (the GPU machine's): benchmarks/gpu_session.sh passes the commit.
-    commit = commit or os.environ.get("PIXCONTRAST_COMMIT") or None
+    # The GPU machine's copy of the tree carries a stale .git (or none): there
+    # benchmarks/gpu_session.sh passes the commit, and it takes precedence.
+    commit = os.environ.get("PIXCONTRAST_COMMIT") or None
+    if commit is None:
+        try:
+            commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                                    capture_output=True, text=True).stdout.strip() or None
+        except OSError:
+            commit = None
     if device == "cuda":
         name = torch.cuda.get_device_name()
     else:

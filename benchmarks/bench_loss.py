@@ -35,6 +35,7 @@ bandwidth is reported too.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -62,6 +63,7 @@ QUICK_SWEEP_M = [2_000, 6_000, 20_000]
 ALL_WORKLOADS = [*WORKLOADS, "sweep", "sampling"]
 DEFAULT_WORKLOADS = ["paper-bank", "paper-mem-config"]
 SLOW_CALL_MS = 5_000  # providers slower than this per call are timed with fewer repeats
+CHILDREN_AT_ONCE = 4  # memory-measuring processes run concurrently on a GPU
 PROVIDERS = ["unfused", "unfused-compiled", "pixcontrast-cpu", "pixcontrast-triton",
              "pixcontrast-cuda"]
 DEFAULT_MODES = {"cuda": ["float32", "tf32", "bfloat16"], "cpu": ["float32", "bfloat16"]}
@@ -280,17 +282,30 @@ def loss_cases(args, sizes) -> list[dict]:
 
 
 def measure_memory(cases: list[dict], args) -> None:
+    """One fresh process per case. On a GPU several run at once (each reads its own
+    allocator's peak, so they do not disturb each other's numbers; ~10 s of start-up and
+    compilation each would otherwise dominate a GPU session); on the CPU one at a time,
+    since peak RSS is per process but the cores are shared with nothing else then."""
     avail = available_memory_mb(args.device)
-    for i, case in enumerate(cases):
-        print(f"[{i + 1}/{len(cases)}] memory  {case['workload']} M={case['M']} "
-              f"{case['provider']} {case['mode']}", file=sys.stderr, flush=True)
+    todo = []
+    for case in cases:
         need = predicted_peak_mb(case["provider"], case["N"], case["M"])
-        if need > 0.8 * avail:
+        if need > 0.8 * avail / (CHILDREN_AT_ONCE if args.device == "cuda" else 1):
             case.update(status="oom", error=f"predicted ~{need / 1024:.1f} GB, "
                                              f"{avail / 1024:.1f} GB available: not run")
-            continue
+        else:
+            todo.append(case)
+
+    def one(item):
+        i, case = item
+        print(f"[{i + 1}/{len(todo)}] memory  {case['workload']} M={case['M']} "
+              f"{case['provider']} {case['mode']}", file=sys.stderr, flush=True)
         spec = {k: case[k] for k in ("provider", "mode", "dtype", "device", "shape")}
         case.update(H.run_child(os.path.abspath(__file__), spec, args.timeout))
+
+    workers = CHILDREN_AT_ONCE if args.device == "cuda" else 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, enumerate(todo)))
 
 
 def measure_time(cases: list[dict], args) -> None:
@@ -300,13 +315,19 @@ def measure_time(cases: list[dict], args) -> None:
     inputs: dict = {}  # one set of inputs per (shape, dtype), shared by the providers
     fns = {id(c): step_fns(c["provider"], c["shape"], c["dtype"], args.device, inputs)
            for c in ok}
-    reps = {id(c): (1 if c.get("first_call_ms", 0) > SLOW_CALL_MS else args.repeats)
-            for c in ok}
     samples = {id(c): {"fwd": [], "fwd_bwd": []} for c in ok}
-    for c in ok:  # warm-up (compilation; allocator pools on GPU) outside the measurement
-        if args.device == "cuda" or c["provider"] == "unfused-compiled":
-            with H.precision(c["mode"]):
-                fns[id(c)][1]()
+    reps = {}
+    for c in ok:
+        # Warm-up outside the measurement: compilation (forward+backward and forward-only
+        # are different kernel specialisations), allocator pools on the GPU. A provider
+        # whose warm call is slow gets fewer repeats; the first call in the memory child
+        # includes compilation and would misjudge it.
+        warm = args.device == "cuda" or c["provider"] == "unfused-compiled"
+        with H.precision(c["mode"]):
+            if warm:
+                fns[id(c)][0]()
+            t = timer(fns[id(c)][1], repeats=1, warmup=1 if warm else 0)["median"]
+        reps[id(c)] = 1 if t > SLOW_CALL_MS else args.repeats
     for r in range(max(reps.values(), default=0)):
         print(f"timing round {r + 1}/{args.repeats}", file=sys.stderr, flush=True)
         for which, k in (("fwd_bwd", 1), ("fwd", 0)):
