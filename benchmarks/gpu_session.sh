@@ -123,18 +123,8 @@ if [ "$quick" = 0 ]; then
   [ "$dry" = 1 ] || cat "$work/profile.md" >> "$summary" 2>/dev/null
 fi
 
-# 7. The loss benchmark at paper size, every mode (strict fp32, TF32, bf16), against the
-#    unfused formulation and the GEMM rate of each mode measured in the same run.
-if [ "$quick" = 1 ]; then wl=(--workload paper-bank); else
-  wl=(--workload paper-bank --workload paper-mem-config); fi
-step bench-loss 200 $py benchmarks/bench_loss.py --device cuda "${wl[@]}" \
-  --provider unfused --provider pixcontrast-triton --provider pixcontrast-cuda \
-  --json "$work/bench-loss.json"
-[ "$dry" = 1 ] || { grep -v '^\[' "$work/bench-loss.log" | grep -v '^timing round' ; } >> "$summary"
-
-
 if [ "$quick" = 0 ]; then
-  # 8. The C++ kernel tests (built in the background since step 2).
+  # 7. The C++ kernel tests (built in the background since step 2).
   if [ -n "${cmake_pid:-}" ]; then
     # at most a minute more for the background build
     timeout 60 tail --pid="$cmake_pid" -f /dev/null
@@ -147,6 +137,16 @@ if [ "$quick" = 0 ]; then
     [ -f "$work/ctest.log" ] && tail -3 "$work/ctest.log" >> "$summary"
   fi
 fi
+
+
+# 8. The loss benchmark at paper size, every mode (strict fp32, TF32, bf16), against the
+#    unfused formulation and the GEMM rate of each mode measured in the same run.
+if [ "$quick" = 1 ]; then wl=(--workload paper-bank); else
+  wl=(--workload paper-bank --workload paper-mem-config); fi
+step bench-loss 200 $py benchmarks/bench_loss.py --device cuda "${wl[@]}" \
+  --provider unfused --provider pixcontrast-triton --provider pixcontrast-cuda \
+  --json "$work/bench-loss.json"
+[ "$dry" = 1 ] || { grep -v '^\[' "$work/bench-loss.log" | grep -v '^timing round' ; } >> "$summary"
 
 echo "- total: $(( $(date +%s) - t_start )) s" | tee -a "$summary"
 tar czf "$out/session.tgz" -C "$work" .
