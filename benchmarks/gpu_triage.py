@@ -9,13 +9,17 @@ synchronisation that names the kernel if it faulted. Probes: the dense bf16 cuBL
 at the test's odd leading dimension (K = 300), the Triton and CUDA backends on the D=300
 bf16 cases that faulted on the H200 of 2026-11-29 (forward, then backward), the dense bf16
 reference of those cases, and the Triton column backward under other tile configurations.
-One line per probe: ``ok`` or the fault and where it happened.
+Also the two bad-argument calls of the CUDA ops that crashed their process with a
+segmentation fault on the H200 of 2026-11-30 (a shape error naming the argument is
+expected). One line per probe: ``ok`` or the fault and where it happened; a probe killed
+by a signal is run again under cuda-gdb (batch mode), which prints the native backtrace.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -78,6 +82,24 @@ run(case, backend="oracle", upstream=up, compute_dtype=torch.bfloat16)
 torch.cuda.synchronize()
 """
 
+BAD_ARGUMENT = """
+import pixcontrast  # loads the extension and its CUDA kernels
+i64 = torch.zeros(12, dtype=torch.int64, device="cuda")
+b = torch.zeros(12, dtype=torch.bool, device="cuda")
+f = torch.zeros(10, 4, device="cuda")
+lab = torch.full((10,), -1, device="cuda")
+v = torch.randn(3, 4, device="cuda")
+rows = torch.tensor([0, 1, 2], device="cuda")
+keep = torch.ones(3, dtype=torch.bool, device="cuda")
+for call in (%(calls)s):
+    try:
+        call()
+    except RuntimeError as exc:
+        print("raised:", str(exc).splitlines()[0], flush=True)
+    else:
+        raise SystemExit("no error raised")
+"""
+
 CONFIG = """
 K._gpu_config = lambda d, elem_size: K._Config(%(cfg)s)
 case = cuda_case("self")
@@ -88,7 +110,17 @@ torch.cuda.synchronize()
 
 
 def probes() -> dict[str, str]:
-    out = {"gemm-bf16-K300": GEMM}
+    out = {}
+    hist = "lambda: torch.ops.pixcontrast.sampling_run_histogram(i64, %s, i64, b, b, 4)"
+    write = "lambda: torch.ops.pixcontrast.bank_write(f, lab, v, rows, keep, %s)"
+    for name, calls in (
+            ("cuda-bad-shape-histogram-copy", hist % "i64[:5].clone()"),
+            ("cuda-bad-shape-histogram-view", hist % "i64[:5]"),
+            ("cuda-bad-shape-bank-write-copy", write % "rows[:2].clone()"),
+            ("cuda-bad-shape-bank-write-view", write % "rows[:2]"),
+            ("cuda-bad-dtype-bank-write", write.replace("v,", "v.double(),") % "rows")):
+        out[name] = BAD_ARGUMENT % {"calls": calls + ","}
+    out["gemm-bf16-K300"] = GEMM
     for mode in ("self", "bank+anchors"):
         for backend in ("triton", "cuda"):
             out[f"{backend}-bf16-D300-{mode}"] = BACKEND % {"mode": mode, "backend": backend}
@@ -100,7 +132,22 @@ def probes() -> dict[str, str]:
     return out
 
 
-def run_probe(name: str, body: str, timeout: float) -> str:
+def native_backtrace(code: str, env: dict, timeout: float, frames: int = 30) -> str:
+    gdb = shutil.which("cuda-gdb") or shutil.which("gdb")
+    if gdb is None:
+        return "  (no cuda-gdb or gdb on this machine)"
+    cmd = [gdb, "-q", "-batch", "-ex", "run", "-ex", f"bt {frames}", "--args",
+           sys.executable, "-c", code]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                             cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return f"  ({os.path.basename(gdb)} timed out)"
+    bt = [ln for ln in out.stdout.splitlines() if ln.startswith("#") or "signal" in ln]
+    return "\n".join("  " + ln[:200] for ln in bt[:frames + 2]) or out.stdout[-2000:]
+
+
+def run_probe(name: str, body: str, timeout: float, gdb: bool = True) -> str:
     code = PRELUDE % {"root": ROOT} + body + '\nprint("ok", flush=True)\n'
     env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
     env.pop("TRITON_INTERPRET", None)
@@ -111,6 +158,9 @@ def run_probe(name: str, body: str, timeout: float) -> str:
     except subprocess.TimeoutExpired:
         return f"{name}: timeout after {timeout:.0f} s"
     lines = (out.stdout + out.stderr).strip().splitlines()
+    if out.returncode < 0 and gdb:  # killed by a signal: where, natively
+        return (f"{name}: killed by signal {-out.returncode}; backtrace:\n"
+                + native_backtrace(code, env, timeout))
     fault = next((ln for ln in lines if ln.startswith("FAULT in")), None)
     if out.returncode == 0 and lines and lines[-1] == "ok":
         verdict = "ok"

@@ -232,6 +232,10 @@ def test_whole_step_is_sync_free_and_graph_capturable(backend):
     try:
         step()  # eager, any host synchronisation raises
         graph = torch.cuda.CUDAGraph()
+        # A non-default generator must be registered before capture, so that each replay
+        # advances its Philox offset (without it: "Attempt to increase offset for a CUDA
+        # generator not in capture mode", seen on the H200 of 2026-11-30).
+        graph.register_generator_state(g)
         with torch.cuda.graph(graph):
             static_loss = step()
     finally:
