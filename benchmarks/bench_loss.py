@@ -6,7 +6,7 @@
     python benchmarks/bench_loss.py --dtype tf32 --provider unfused --provider pixcontrast-triton
 
 Providers, side by side in one run: ``unfused`` (the 2021 release's dense formulation,
-pixcontrast.reference.unfused_pixel_contrast), ``unfused-compiled`` (the same under
+pixcontrast.baselines.unfused_pixel_contrast), ``unfused-compiled`` (the same under
 torch.compile) and ``pixcontrast-<backend>`` for every fused backend that runs on the
 device (``--provider``, repeatable, restricts them). Precision modes (``--dtype``,
 repeatable): ``float32`` is strict fp32 (TF32 off for the whole call, PyTorch's default:
@@ -113,7 +113,7 @@ def make_inputs(n: int, m: int | None, d: int, classes: int, dtype: torch.dtype,
 
 def loss_fn(provider: str):
     if provider.startswith("unfused"):
-        from pixcontrast.reference import unfused_pixel_contrast
+        from pixcontrast.baselines import unfused_pixel_contrast
         if provider == "unfused-compiled":
             return torch.compile(unfused_pixel_contrast)
         return unfused_pixel_contrast

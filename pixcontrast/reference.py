@@ -1,10 +1,9 @@
-"""Dense plain-PyTorch formulations: the ``"reference"`` backend and the 2021 baseline.
+"""The dense plain-PyTorch formulation: the ``"reference"`` backend.
 
-Both materialise the full ``N × M`` logits matrix on purpose. ``pixel_contrast_reference``
+It materialises the full ``N × M`` logits matrix on purpose. ``pixel_contrast_reference``
 is the test oracle's twin (run it on float64 inputs and it *is* the oracle); it is kept
-short so that it is obviously right. ``unfused_pixel_contrast`` re-implements, in our own
-code, the order of operations of the 2021 release (DESIGN.md §5) and exists only as the
-benchmark baseline.
+short so that it is obviously right. The 2021 release's formulation, the benchmarks'
+baseline, is ``pixcontrast.baselines.unfused_pixel_contrast``.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["pixel_contrast_reference", "reference_row_terms", "unfused_pixel_contrast"]
+__all__ = ["pixel_contrast_reference", "reference_row_terms"]
 
 
 def _columns(
@@ -110,38 +109,3 @@ def pixel_contrast_reference(
     )
     out = reduce_rows(row_loss, num_pos, temperature / base_temperature, reduction)
     return out.to(anchors.dtype)
-
-
-def unfused_pixel_contrast(
-    anchors: Tensor, labels: Tensor, contrast: Tensor | None = None,
-    contrast_labels: Tensor | None = None, *, temperature: float = 0.1,
-    base_temperature: float = 0.07,
-) -> Tensor:
-    """The 2021 release's dense formulation, operation for operation (benchmark baseline).
-
-    Float32 throughout, row-max shift over all columns, float masks, a self-pair mask built
-    with ``scatter_`` in self-contrast mode, and NaN for an anchor without a positive:
-    exactly the behaviour users copy today. Not used by the library's loss.
-    """
-    a = F.normalize(anchors.float(), dim=1)
-    if contrast is None:
-        c, z = a, labels
-    else:
-        c, z = F.normalize(contrast.float(), dim=1), contrast_labels
-    logits_raw = torch.matmul(a, c.T) / temperature
-    logits_max, _ = torch.max(logits_raw, dim=1, keepdim=True)
-    logits = logits_raw - logits_max.detach()
-    mask = torch.eq(labels.view(-1, 1), z.view(1, -1)).float()
-    neg_mask = 1 - mask
-    if contrast is None:
-        n = a.shape[0]
-        self_mask = torch.ones_like(mask).scatter_(
-            1, torch.arange(n, device=a.device).view(-1, 1), 0)
-        mask = mask * self_mask
-    neg_logits = torch.exp(logits) * neg_mask
-    neg_logits = neg_logits.sum(1, keepdim=True)
-    exp_logits = torch.exp(logits)
-    log_prob = logits - torch.log(exp_logits + neg_logits)
-    mean_log_prob_pos = (mask * log_prob).sum(1) / mask.sum(1)
-    loss = -(temperature / base_temperature) * mean_log_prob_pos
-    return loss.mean()

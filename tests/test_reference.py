@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixcontrast.reference import pixel_contrast_reference, unfused_pixel_contrast
+from pixcontrast.baselines import unfused_pixel_contrast
+from pixcontrast.reference import pixel_contrast_reference
 from tests._oracle import IGNORE, make_case
 
 
