@@ -100,9 +100,12 @@ class PixelContrastLoss(nn.Module):
         idx, anchor_labels = sample_anchors(
             grid_labels, grid_pred, max_samples=self.max_samples, max_views=self.max_views,
             ignore_index=self.ignore_index, generator=generator, backend=self._step_backend)
-        d = embed.shape[1]
         # Unused rows (index -1) gather pixel 0 and carry ignore_index: they take no part.
-        anchors = embed.permute(0, 2, 3, 1).reshape(-1, d).index_select(0, idx.clamp(min=0))
+        # The sampled rows are gathered from the [B, D, h·w] view: no copy of the whole map
+        # (a [B·h·w, D] transpose would copy ~268 MB a step at B=8, 128×256, D=256 in fp32).
+        hw = embed.shape[2] * embed.shape[3]
+        flat = idx.clamp(min=0)
+        anchors = embed.flatten(2)[flat // hw, :, flat % hw]          # [max_samples, D]
         bank, bank_labels = self.memory.contrast() if self.memory is not None else (None, None)
         loss = fused_pixel_contrast(
             anchors, anchor_labels, bank, bank_labels, temperature=self.temperature,
