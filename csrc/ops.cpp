@@ -25,10 +25,13 @@ TORCH_LIBRARY(pixcontrast, m) {
   //   num_pos  [N] f32  |P(i)|
   //   row_grad [N, D] f32 ∂row_loss_i/∂anchors_i through the normalisation (row term
   //            only), or [0, D] when need_grad is false.
+  // allow_tf32: fp32 inputs may use TF32 products (else 3xTF32 on GPUs); ignored by the
+  // CPU kernels and for 16-bit inputs. An argument, not a global read inside the kernels,
+  // so that backward recomputes with the mode forward used (saved with the op's inputs).
   m.def(
       "infonce_forward(Tensor anchors, Tensor labels, Tensor contrast, "
       "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
-      "int ignore_index, bool normalize, bool need_grad) -> "
+      "int ignore_index, bool normalize, bool need_grad, bool allow_tf32) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Column pass: gradient with respect to the contrast rows (and, in self-contrast,
   // the anchors seen as columns). row_coef [N] = dL/d row_loss / |P|.
@@ -38,7 +41,7 @@ TORCH_LIBRARY(pixcontrast, m) {
       "infonce_backward_columns(Tensor anchors, Tensor labels, Tensor contrast, "
       "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
       "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
-      "Tensor row_coef) -> (Tensor, Tensor)");
+      "Tensor row_coef, bool allow_tf32) -> (Tensor, Tensor)");
 
   // Anchor sampling (DESIGN.md §2; driver pixcontrast/sampling.py, CUDA kernels
   // csrc/cuda/sampling.cu, Triton twins kernels/sampling.py). All tensors 1-D int64 except

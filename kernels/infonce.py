@@ -9,7 +9,7 @@ ignore_index, normalize, need_grad)`` -> ``(row_loss, lse, pos_sig, num_pos, row
     ``labels [N]`` and ``contrast_labels [M]`` int64. Outputs float32: four ``[N]`` vectors
     and ``row_grad [N, D]`` (``[0, D]`` when ``need_grad`` is false). Equivalent PyTorch::
 
-        row_loss, lse, pos_sig, num_pos = pixcontrast.reference.reference_row_terms(
+        row_loss, lse, pos_sig, num_pos = pixcontrast.infonce.reference_row_terms(
             anchors, labels, contrast, contrast_labels, self_contrast, inv_temperature,
             ignore_index, normalize)
         # row_grad[i] = d row_loss[i] / d anchors[i], the row term only (columns constant)

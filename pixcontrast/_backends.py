@@ -1,9 +1,28 @@
-"""Where the Triton and CUDA kernels can run: one answer for every op that has them."""
+"""Backend choice for every op: one vocabulary, one chooser, reasons when a backend cannot run.
+
+Every op (the InfoNCE loss, anchor sampling, the memory-bank write) names its backends from
+one vocabulary:
+
+=========  ===================================================================================
+``torch``  plain PyTorch (for the loss: the dense reference that materialises ``N × M``)
+``cpu``    the C++ CPU kernels of ``pixcontrast._C`` (the loss)
+``triton`` the Triton kernels (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``)
+``cuda``   the CUDA C++ kernels of ``pixcontrast._C`` (a CUDA build of the extension)
+=========  ===================================================================================
+
+An op declares its backends in an :class:`OpBackends`: for each, a capability check that
+returns the reasons it cannot run given inputs (empty: it can), and per device type the
+priority that ``backend="auto"`` walks, fastest first as measured
+(benchmarks/results/h200-2026-11-30/). A backend named explicitly that cannot run raises
+with its reasons; nothing falls back silently.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -23,17 +42,6 @@ def triton_reasons(device: torch.device) -> list[str]:
     elif device.type not in ("cpu", "cuda"):
         reasons.append(f"triton: tensors on {device} are not supported")
     return reasons
-
-
-def torch_or_triton(backend: str, device: torch.device, what: str) -> str:
-    """Resolve ``"auto"`` (Triton on CUDA when installed) or check an explicit ``"triton"``."""
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and HAS_TRITON else "torch"
-    if backend == "triton":
-        reasons = triton_reasons(device)
-        if reasons:
-            raise RuntimeError(f"{what}: backend 'triton' cannot run: " + "; ".join(reasons))
-    return backend
 
 
 def missing_cuda_kernels(ops: tuple[str, ...]) -> list[str] | None:
@@ -62,14 +70,6 @@ def cuda_reasons(device: torch.device, missing: list[str] | None) -> list[str]:
     return reasons
 
 
-def require_cuda(device: torch.device, missing: list[str] | None, what: str) -> None:
-    """Raise a RuntimeError with every reason when an explicit ``backend="cuda"`` cannot
-    run; never fall back silently."""
-    reasons = cuda_reasons(device, missing)
-    if reasons:
-        raise RuntimeError(f"{what}: backend 'cuda' cannot run: " + "; ".join(reasons))
-
-
 @torch.compiler.assume_constant_result
 def cuda_matmul_allows_tf32() -> bool:
     """Whether fp32 matmuls on CUDA may use TF32, as ``torch.matmul`` decides it.
@@ -89,3 +89,70 @@ def cuda_matmul_allows_tf32() -> bool:
     if precision == "none":
         precision = getattr(torch.backends, "fp32_precision", "none")
     return precision == "tf32"
+
+
+VOCABULARY = ("torch", "cpu", "triton", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class OpBackends:
+    """The backends of one op and how ``"auto"`` picks among them.
+
+    ``checks``: backend name -> ``check(device, *inputs) -> list[str]`` (why it cannot run;
+    empty when it can), in the order they are listed to users. ``priority``: device type ->
+    the backends ``"auto"`` tries, fastest first. ``aliases``: other accepted names (kept for
+    existing callers) -> a name of ``checks``. ``auto_hint`` ends the error when ``"auto"``
+    finds nothing.
+    """
+
+    op: str
+    checks: dict[str, Callable[..., list[str]]]
+    priority: dict[str, tuple[str, ...]]
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    auto_hint: str = ""
+
+    def __post_init__(self):
+        for name in [*self.checks, *self.aliases.values()]:
+            assert name in VOCABULARY, f"{self.op}: backend {name!r} is not in {VOCABULARY}"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.checks) + tuple(self.aliases)
+
+    def validate_name(self, backend: object) -> None:
+        """A ValueError naming the valid values, for a name this op does not know."""
+        if backend != "auto" and backend not in self.names:
+            raise ValueError(f"backend must be 'auto' or one of {self.names}, got {backend!r}")
+
+    def reasons(self, backend: str, device: torch.device, *inputs) -> list[str]:
+        """Why ``backend`` cannot run ``inputs`` on ``device`` (empty list: it can)."""
+        name = self.aliases.get(backend, backend)
+        return self.checks[name](device, *inputs)
+
+    def choose(self, backend: str, device: torch.device, *inputs) -> str:
+        """The backend to run: ``backend`` itself (after its capability check) or, for
+        ``"auto"``, the first of the device's priority list that can run the inputs."""
+        self.validate_name(backend)
+        if backend != "auto":
+            name = self.aliases.get(backend, backend)
+            reasons = self.checks[name](device, *inputs)
+            if reasons:
+                raise RuntimeError(f"{self.op}: backend={backend!r} cannot run these inputs: "
+                                   + "; ".join(reasons))
+            return name
+        candidates = self.priority.get(device.type, ())
+        found = []
+        for name in candidates:
+            reasons = self.checks[name](device, *inputs)
+            if not reasons:
+                return name
+            found += reasons
+        if not candidates:
+            found.append(f"no backend for device type {device.type!r}")
+        raise RuntimeError(f"{self.op}: backend='auto' found no backend for these inputs: "
+                           + "; ".join(found) + (f". {self.auto_hint}" if self.auto_hint else ""))
+
+
+def runs_anywhere(device: torch.device, *inputs) -> list[str]:
+    """The check of a plain PyTorch backend."""
+    return []

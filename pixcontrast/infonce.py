@@ -1,30 +1,151 @@
-"""torch.library wiring of the fused InfoNCE kernels: fake (meta) kernels and autograd.
+"""The per-positive InfoNCE op of Wang et al. (ICCV 2021), all of it in Python.
 
-Two families of ops share one contract (csrc/ops.cpp documents it):
+Layers (docs/design.md §1 for the math, §6 for each backend's algorithm):
 
-* ``pixcontrast::infonce_forward`` / ``infonce_backward_columns``: C++ schemas whose CPU
-  (csrc/cpu/infonce.cpp) and CUDA (csrc/cuda/) kernels the dispatcher picks by device.
-* ``pixcontrast::infonce_forward_triton`` / ``infonce_backward_columns_triton``: the
-  Triton kernels of kernels/infonce.py, as Python custom ops (CUDA tensors, or CPU tensors
-  under ``TRITON_INTERPRET=1``).
-
-Each forward returns per-row terms; the loss is reduced from ``row_loss`` in Python. The
-anchors' row gradient is computed in the forward pass (one pass over the contrast set), so
-backward only scales it by the upstream gradient; the column gradient (self-contrast, or a
-contrast set that requires grad) is one recompute pass in backward.
+* ``fused_pixel_contrast``: the public op. Argument checks that name the argument, the
+  backend choice (``BACKENDS``: "torch" — the dense reference, alias "reference" —,
+  "cpu", "triton", "cuda"; their capabilities are declared once, below), the finite
+  check, the reduction.
+* The torch.library wiring of the fused kernels: two families of ops share one contract
+  (csrc/ops.cpp documents it), ``pixcontrast::infonce_forward`` /
+  ``infonce_backward_columns`` (C++ schemas whose CPU, csrc/cpu/infonce.cpp, and CUDA,
+  csrc/cuda/, kernels the dispatcher picks by device) and
+  ``pixcontrast::infonce_forward_triton`` / ``infonce_backward_columns_triton`` (the Triton
+  kernels of kernels/infonce.py as Python custom ops), with fake kernels and one autograd
+  formula for all. Each forward returns per-row terms; the anchors' row gradient is
+  computed in the forward pass, so backward only scales it by the upstream gradient; the
+  column gradient (self-contrast, or a contrast set that requires grad) is one recompute
+  pass in backward. The fp32 mode (``allow_tf32``) is an argument of every op, read from
+  torch's setting once per call and saved for backward.
+* The dense reference (the "torch" backend and the test oracle's twin): ``reference_row_terms``
+  and ``pixel_contrast_reference`` materialise the ``[N, M]`` logits on purpose, kept short
+  so that they are obviously right; ``reduce_rows`` is the reduction every backend shares.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from pixcontrast._backends import cuda_matmul_allows_tf32
-from pixcontrast._extension import extension_available
+from pixcontrast._backends import (
+    OpBackends, cuda_matmul_allows_tf32, cuda_reasons, missing_cuda_kernels, runs_anywhere,
+    triton_reasons,
+)
+from pixcontrast._extension import extension_available, has_kernels
 
-__all__ = ["forward_op"]
+__all__ = ["fused_pixel_contrast", "not_supported_reasons", "BACKENDS",
+           "pixel_contrast_reference", "reference_row_terms", "reduce_rows"]
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# --------------------------------------------------------------------------------------
+# The dense reference ("torch" backend; the oracle's twin)
+# --------------------------------------------------------------------------------------
+
+def _columns(
+    a: Tensor, labels: Tensor, contrast: Tensor | None, contrast_labels: Tensor | None,
+    self_contrast: bool, normalize: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Contrast set ``[anchors (if self_contrast)] ++ contrast`` and the self-pair mask."""
+    n = a.shape[0]
+    cols, col_labels = [], []
+    if self_contrast:
+        cols.append(a)
+        col_labels.append(labels)
+    if contrast is not None and contrast.shape[0] > 0:
+        c = contrast.to(a.dtype)
+        cols.append(F.normalize(c, dim=1) if normalize else c)
+        col_labels.append(contrast_labels)
+    if cols:
+        c, z = torch.cat(cols), torch.cat(col_labels)
+    else:
+        c, z = a.new_zeros((0, a.shape[1])), labels.new_zeros((0,))
+    self_pair = torch.zeros(n, c.shape[0], dtype=torch.bool, device=a.device)
+    if self_contrast:
+        self_pair[:, :n] = torch.eye(n, dtype=torch.bool, device=a.device)
+    return c, z, self_pair
+
+
+def reference_row_terms(
+    anchors: Tensor, labels: Tensor, contrast: Tensor | None, contrast_labels: Tensor | None,
+    self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
+    compute_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-row terms of the kernel contract (csrc/ops.cpp), computed densely.
+
+    Returns ``(row_loss, lse, pos_sig, num_pos)``, each ``[N]`` in the compute dtype
+    (float64 inputs stay float64; lower precisions are promoted to float32 unless
+    ``compute_dtype`` asks for the logits product in another dtype). Differentiable.
+    """
+    acc = torch.promote_types(anchors.dtype, torch.float32)
+    a = anchors.to(acc)
+    a = F.normalize(a, dim=1) if normalize else a
+    c, z, self_pair = _columns(a, labels, contrast, contrast_labels, self_contrast, normalize)
+    if compute_dtype is not None and compute_dtype != acc:
+        s = (a.to(compute_dtype) @ c.to(compute_dtype).T).to(acc) * inv_temperature
+    else:
+        s = (a @ c.T) * inv_temperature
+
+    valid = (labels != ignore_index)[:, None] & (z != ignore_index)[None, :] & ~self_pair
+    same = labels[:, None] == z[None, :]
+    pos, neg = valid & same, valid & ~same
+    has_neg = neg.any(dim=1, keepdim=True)
+    # Rows without a negative: log-sum-exp over a dummy row, then -inf, so that no
+    # gradient (and no NaN) flows out of an empty set.
+    lse = torch.logsumexp(torch.where(has_neg, s.masked_fill(~neg, float("-inf")), 0.0), dim=1)
+    lse = torch.where(has_neg[:, 0], lse, float("-inf"))
+    x = lse[:, None] - s
+    num_pos = pos.sum(dim=1).to(acc)
+    row_loss = torch.where(pos, F.softplus(x), 0.0).sum(dim=1) / num_pos.clamp(min=1)
+    pos_sig = torch.where(pos, torch.sigmoid(x), 0.0).sum(dim=1)
+    return row_loss, lse, pos_sig, num_pos
+
+
+def reduce_rows(
+    row_loss: Tensor, num_pos: Tensor, scale: float, reduction: str,
+) -> Tensor:
+    """``(τ/τ_b)``-scaled mean over anchors with a positive, sum, or the ``[N]`` vector."""
+    per_row = row_loss * scale
+    if reduction == "none":
+        return per_row
+    total = per_row.sum()
+    if reduction == "sum":
+        return total
+    # Sync-free mean: rows without positives contribute exactly 0 to ``total``; an empty
+    # batch divides 0 by 1 and gives 0 with zero gradient.
+    return total / (num_pos > 0).sum().clamp(min=1).to(total.dtype)
+
+
+def pixel_contrast_reference(
+    anchors: Tensor, labels: Tensor, contrast: Tensor | None = None,
+    contrast_labels: Tensor | None = None, *, temperature: float = 0.1,
+    base_temperature: float = 0.07, ignore_index: int = -1, normalize: bool = True,
+    include_anchors: bool = False, reduction: str = "mean",
+    compute_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Dense per-positive InfoNCE (DESIGN.md §1). Materialises ``[N, M]`` logits.
+
+    Equivalent, for one anchor row ``i`` (``s = â·ĉᵀ/τ``)::
+
+        ℓ_i = -mean_p log(exp(s_ip) / (exp(s_ip) + Σ_n exp(s_in)))
+    """
+    self_contrast = contrast is None or include_anchors
+    row_loss, _, _, num_pos = reference_row_terms(
+        anchors, labels, contrast, contrast_labels, self_contrast, 1.0 / temperature,
+        ignore_index, normalize, compute_dtype,
+    )
+    out = reduce_rows(row_loss, num_pos, temperature / base_temperature, reduction)
+    return out.to(anchors.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# torch.library wiring of the fused kernels: fake kernels and the one autograd formula
+# --------------------------------------------------------------------------------------
 
 _ROW_OUTPUTS = 5  # row_loss, lse, pos_sig, num_pos, row_grad
 
@@ -106,7 +227,7 @@ if extension_available():
     torch.library.register_fake("pixcontrast::infonce_backward_columns")(
         _fake_backward_columns)
     _ctx, _bw = _make_autograd(
-        lambda *a: torch.ops.pixcontrast.infonce_backward_columns(*a), n_extra=0)
+        lambda *a: torch.ops.pixcontrast.infonce_backward_columns(*a), n_extra=1)
     torch.library.register_autograd("pixcontrast::infonce_forward", _bw, setup_context=_ctx)
 
 
@@ -144,10 +265,216 @@ _ctx, _bw = _make_autograd(infonce_backward_columns_triton, n_extra=1)
 infonce_forward_triton.register_autograd(_bw, setup_context=_ctx)
 
 
-def forward_op(backend: str) -> Callable[..., tuple[Tensor, ...]]:
-    """The row-pass op of a kernel backend (``"cpu"``/``"cuda"`` share the C++ schema)."""
+# --------------------------------------------------------------------------------------
+# Backends: capabilities declared once, "auto" from measured speed
+# --------------------------------------------------------------------------------------
+
+# Facts about this process, read once at import: constants for torch.compile to trace.
+_HAS_CPU_KERNELS = has_kernels("CPU")
+_MISSING_CUDA = missing_cuda_kernels(("infonce_forward", "infonce_backward_columns"))
+_DTYPES = {
+    "cpu": (torch.float32, torch.bfloat16, torch.float16, torch.float64),
+    "triton": (torch.float32, torch.bfloat16, torch.float16),
+    "cuda": (torch.float32, torch.bfloat16, torch.float16),
+}
+# The padded D is kept whole on chip (kernels/infonce.py and csrc/cuda/infonce.cu guard it
+# again, as kernels must).
+_MAX_DIM = {"triton": 512, "cuda": 512}
+
+
+def _kernel_reasons(name: str):
+    def check(device: torch.device, anchors: Tensor, contrast: Tensor | None = None
+              ) -> list[str]:
+        reasons = []
+        if anchors.dtype not in _DTYPES[name]:
+            names = ", ".join(str(t).removeprefix("torch.") for t in _DTYPES[name])
+            reasons.append(f"{name}: dtype {anchors.dtype} is not supported "
+                           f"(supported: {names})")
+        if name == "cpu":
+            if device.type != "cpu":
+                reasons.append(f"cpu: the inputs are on {device}, not the CPU")
+            if not _HAS_CPU_KERNELS:
+                reasons.append("cpu: pixcontrast._C is not built with its CPU kernels "
+                               "(run `pip install --no-build-isolation -e .`)")
+        elif name == "cuda":
+            reasons += cuda_reasons(device, _MISSING_CUDA)
+        else:
+            reasons += triton_reasons(device)
+        if name in _MAX_DIM and anchors.shape[-1] > _MAX_DIM[name]:
+            reasons.append(f"{name}: embedding dim {anchors.shape[-1]} > {_MAX_DIM[name]}")
+        return reasons
+    return check
+
+
+# "auto" on CUDA: Triton first, 2.2× faster than the CUDA kernels in bf16 at paper size on
+# an H200 (5.18 against 11.5 ms fwd+bwd, benchmarks/results/h200-2026-11-30). It never
+# picks the dense "torch" backend (memory O(N·M)).
+BACKENDS = OpBackends(
+    "fused_pixel_contrast",
+    checks={"cpu": _kernel_reasons("cpu"), "triton": _kernel_reasons("triton"),
+            "cuda": _kernel_reasons("cuda"), "torch": runs_anywhere},
+    priority={"cpu": ("cpu",), "cuda": ("triton", "cuda")},
+    aliases={"reference": "torch"},
+    auto_hint="backend='torch' (alias 'reference') computes the loss densely "
+              "(memory O(N·M)).")
+
+
+def not_supported_reasons(backend: str, anchors: Tensor, contrast: Tensor | None = None
+                          ) -> list[str]:
+    """Why ``backend`` cannot run these inputs (empty list: it can)."""
+    return BACKENDS.reasons(backend, anchors.device, anchors, contrast)
+
+
+def _forward_op(backend: str):
+    """The row-pass op of a kernel backend ("cpu"/"cuda" share the C++ schema)."""
     if backend == "triton":
-        # The fp32 mode is read here, once, and saved for backward as an op argument.
-        return lambda *args: infonce_forward_triton(*args, cuda_matmul_allows_tf32())
+        return infonce_forward_triton
     return torch.ops.pixcontrast.infonce_forward
 
+
+# --------------------------------------------------------------------------------------
+# The public op
+# --------------------------------------------------------------------------------------
+
+def _check_features(name: str, x: object, n_name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [{n_name}, D], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32, bfloat16, float16 "
+                        f"or float64), got {x.dtype}")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} must have a non-zero embedding dim D, got {tuple(x.shape)}")
+
+
+def _check_labels(name: str, y: object, n: int, feat_name: str, n_name: str) -> None:
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must be 1-D [{n_name}] with {n_name}={n} (the rows of "
+                         f"{feat_name}), got shape {tuple(y.shape)}")
+
+
+def _check_scalar(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a Python float, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+def _check_inputs(anchors, labels, contrast, contrast_labels, temperature, base_temperature,
+                  ignore_index, reduction, backend) -> None:
+    _check_features("anchors", anchors, "N")
+    _check_labels("labels", labels, anchors.shape[0], "anchors", "N")
+    if contrast is None:
+        if contrast_labels is not None:
+            raise ValueError("contrast_labels was given without contrast")
+    else:
+        _check_features("contrast", contrast, "M")
+        if contrast_labels is None:
+            raise ValueError("contrast_labels is required when contrast is given")
+        _check_labels("contrast_labels", contrast_labels, contrast.shape[0], "contrast", "M")
+        if contrast.shape[1] != anchors.shape[1]:
+            raise ValueError(f"contrast has embedding dim D={contrast.shape[1]} but anchors "
+                             f"have D={anchors.shape[1]}")
+    for name, t in (("labels", labels), ("contrast", contrast),
+                    ("contrast_labels", contrast_labels)):
+        if t is not None and t.device != anchors.device:
+            raise ValueError(f"{name} is on {t.device} but anchors are on {anchors.device}; "
+                             "all tensors must be on one device")
+    _check_scalar("temperature", temperature)
+    _check_scalar("base_temperature", base_temperature)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    BACKENDS.validate_name(backend)
+
+
+def _assert_finite(name: str, x: Tensor) -> None:
+    # Sync-free: raises at once on CPU; on CUDA a device-side assert, so a NaN in the
+    # inputs stops the step instead of silently poisoning the weights. The max-abs norm is
+    # one reduction that propagates NaN and Inf; torch.isfinite(x).all() would allocate
+    # ~1.7× the bank in temporaries (325 MB at the paper's bank size).
+    peak = torch.linalg.vector_norm(x.detach(), ord=math.inf)
+    torch._assert_async(torch.isfinite(peak), f"pixcontrast: {name} contains NaN or Inf")
+
+
+def fused_pixel_contrast(
+    anchors: Tensor,
+    labels: Tensor,
+    contrast: Tensor | None = None,
+    contrast_labels: Tensor | None = None,
+    *,
+    temperature: float = 0.1,
+    base_temperature: float = 0.07,
+    ignore_index: int = -1,
+    normalize: bool = True,
+    include_anchors: bool = False,
+    reduction: str = "mean",
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> Tensor:
+    """Per-positive pixel InfoNCE of Wang et al. (ICCV 2021), without the ``N × M`` logits.
+
+    Args:
+        anchors: ``[N, D]`` float32 / bfloat16 / float16 (float64 on cpu and reference).
+        labels: ``[N]`` integer class of each anchor; ``ignore_index`` rows take no part.
+        contrast: ``[M, D]`` contrast set (e.g. ``MemoryBank.contrast()[0]``), or ``None``
+            for self-contrast among the anchors (the pair ``i == i`` excluded). When the
+            dtypes differ the anchors are cast to the contrast's dtype (the bank, often the
+            larger, is never copied).
+        contrast_labels: ``[M]`` integer, required with ``contrast``.
+        temperature: τ > 0. ``base_temperature``: τ_b > 0; the loss is scaled by τ/τ_b.
+        normalize: L2-normalise anchors and contrast rows inside the kernels (the gradient
+            goes through the normalisation).
+        include_anchors: with ``contrast``, contrast against the anchors (self excluded)
+            and the contrast rows.
+        reduction: ``"mean"`` over anchors with at least one positive (0 when there is
+            none), ``"sum"``, or ``"none"`` for the ``[N]`` per-anchor losses (0 for ignored
+            anchors and anchors without positives).
+        backend: ``"auto"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or ``"torch"`` (the dense
+            reference; ``"reference"`` is the same).
+        check_finite: report NaN/Inf in the inputs (one extra read of each input, no
+            host synchronisation).
+
+    Returns:
+        Scalar loss (``[N]`` for ``reduction="none"``) in the anchors' dtype; accumulation
+        is float32 (float64 for float64 inputs).
+
+    Equivalent PyTorch (dense; ``s = normalize(a) @ normalize(c).T / τ``)::
+
+        pos = (y[:, None] == z[None, :]) & valid;  neg = (y[:, None] != z[None, :]) & valid
+        lse = logsumexp(s.masked_fill(~neg, -inf), 1)
+        l_i = (softplus(lse[:, None] - s) * pos).sum(1) / pos.sum(1)
+        loss = τ / τ_b * l_i[pos.any(1)].mean()
+    """
+    _check_inputs(anchors, labels, contrast, contrast_labels, temperature, base_temperature,
+                  ignore_index, reduction, backend)
+    if contrast is not None and contrast.dtype != anchors.dtype:
+        anchors = anchors.to(contrast.dtype)
+    name = BACKENDS.choose(backend, anchors.device, anchors, contrast)
+    if check_finite:
+        _assert_finite("anchors", anchors)
+        if contrast is not None:
+            _assert_finite("contrast", contrast)
+    if name == "torch":
+        return pixel_contrast_reference(
+            anchors, labels, contrast, contrast_labels, temperature=temperature,
+            base_temperature=base_temperature, ignore_index=ignore_index,
+            normalize=normalize, include_anchors=include_anchors, reduction=reduction)
+
+    self_contrast = contrast is None or include_anchors
+    if contrast is None:
+        contrast = anchors.new_empty((0, anchors.shape[1]))
+        contrast_labels = labels.new_empty((0,), dtype=torch.long)
+    need_grad = torch.is_grad_enabled() and anchors.requires_grad
+    row_loss, _, _, num_pos, _ = _forward_op(name)(
+        anchors, labels.long(), contrast, contrast_labels.long(), self_contrast,
+        1.0 / temperature, ignore_index, normalize, need_grad, cuda_matmul_allows_tf32())
+    loss = reduce_rows(row_loss, num_pos, temperature / base_temperature, reduction)
+    return loss.to(anchors.dtype)

@@ -13,8 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pixcontrast.infonce import BACKENDS as INFONCE_BACKENDS
+from pixcontrast.infonce import fused_pixel_contrast
 from pixcontrast.memory_bank import MemoryBank
-from pixcontrast.ops import fused_pixel_contrast
+from pixcontrast.sampling import BACKENDS as SAMPLING_BACKENDS
 from pixcontrast.sampling import sample_anchors
 
 __all__ = ["PixelContrastLoss", "ContrastCELoss", "resize_labels"]
@@ -41,10 +43,11 @@ class PixelContrastLoss(nn.Module):
             bank, contrast among the sampled anchors of the batch.
         pixels_per_update: pixel entries per (image, class) enqueued into the bank.
         include_anchors: with a bank, also contrast against the batch's other anchors.
-        backend: fused op backend (``"auto"``, ``"cpu"``, ``"triton"``, ``"cuda"``,
-            ``"reference"``). ``"triton"`` and ``"cuda"`` also select that backend for the
-            anchor sampling and the bank update; the others leave those on ``"auto"``
-            (PyTorch on CPU, Triton on CUDA).
+        backend: the op's backend (``"auto"``, ``"cpu"``, ``"triton"``, ``"cuda"``,
+            ``"torch"``/``"reference"``: the dense one). ``"torch"``, ``"triton"`` and
+            ``"cuda"`` also select that backend for the anchor sampling and the bank update;
+            ``"auto"`` and ``"cpu"`` leave those on ``"auto"`` (PyTorch on CPU; on CUDA the
+            fastest measured: CUDA kernels for sampling, Triton for the bank write).
         memory_dtype: storage dtype of the bank (float32 or bfloat16).
 
     ``forward(embed [B, D, h, w], labels [B, H, W], predictions)`` where ``predictions`` is
@@ -68,8 +71,11 @@ class PixelContrastLoss(nn.Module):
         self.temperature, self.base_temperature = temperature, base_temperature
         self.max_samples, self.max_views = max_samples, max_views
         self.ignore_index, self.include_anchors, self.backend = ignore_index, include_anchors, backend
-        # sampling and bank update follow an explicit GPU kernel backend
-        self._step_backend = backend if backend in ("triton", "cuda") else "auto"
+        # Sampling and the bank update run the backend of the same name when they have one
+        # (one vocabulary for every op: "torch", "triton", "cuda"); for "auto" and "cpu"
+        # (the loss's C++ kernels; they have none) they choose their own.
+        step = INFONCE_BACKENDS.aliases.get(backend, backend)
+        self._step_backend = step if step in SAMPLING_BACKENDS.names else "auto"
         self.memory = (MemoryBank(num_classes, dim, size=memory_size,
                                   pixels_per_update=pixels_per_update,
                                   ignore_index=ignore_index, dtype=memory_dtype)

@@ -43,15 +43,24 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from pixcontrast._backends import missing_cuda_kernels, require_cuda, torch_or_triton
+from pixcontrast._backends import (
+    OpBackends, cuda_reasons, missing_cuda_kernels, runs_anywhere, triton_reasons,
+)
 from pixcontrast._extension import extension_available
 
 __all__ = ["MemoryBank"]
 
 _RAND_BITS = 40  # random low bits of the pixel-pick sort key; the label sits above them
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-BACKENDS = ("torch", "triton", "cuda")
 _MISSING_CUDA = missing_cuda_kernels(("bank_write",))  # once: the query does not trace
+# The write's backends (the entries are computed in PyTorch for all of them). On an H200
+# the whole update took 1.73 ms with each (benchmarks/results/h200-2026-11-30): Triton
+# first, as before, then CUDA.
+BACKENDS = OpBackends(
+    "MemoryBank.update",
+    checks={"torch": runs_anywhere, "triton": triton_reasons,
+            "cuda": lambda device: cuda_reasons(device, _MISSING_CUDA)},
+    priority={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)})
 
 if extension_available():  # fake kernel: torch.compile traces the in-place CUDA write
     @torch.library.register_fake("pixcontrast::bank_write")
@@ -200,12 +209,7 @@ class MemoryBank(torch.nn.Module):
                              f"{self.features.device}")
 
     def _choose_backend(self, backend: str) -> str:
-        if backend not in ("auto",) + BACKENDS:
-            raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-        if backend == "cuda":
-            require_cuda(self.features.device, _MISSING_CUDA, "MemoryBank.update")
-            return backend
-        return torch_or_triton(backend, self.features.device, "MemoryBank.update")
+        return BACKENDS.choose(backend, self.features.device)
 
     def _entries(self, embeddings: Tensor, labels: Tensor, generator: torch.Generator | None
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

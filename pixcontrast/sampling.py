@@ -63,14 +63,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pixcontrast._backends import missing_cuda_kernels, require_cuda, torch_or_triton
+from pixcontrast._backends import (
+    OpBackends, cuda_reasons, missing_cuda_kernels, runs_anywhere, triton_reasons,
+)
 from pixcontrast._extension import extension_available
 
 __all__ = ["sample_anchors", "sampling_quotas", "SAMPLING_BACKENDS"]
 
-SAMPLING_BACKENDS = ("auto", "torch", "triton", "cuda")
 _CUDA_OPS = ("sampling_run_histogram", "sampling_select_scatter")
 _MISSING_CUDA = missing_cuda_kernels(_CUDA_OPS)  # once: the query does not trace
+# The histogram and selection kernels' backends (the sorts stay in PyTorch for all). On an
+# H200 (benchmarks/results/h200-2026-11-30): CUDA 1.55 ms, Triton 1.59, torch 1.85.
+BACKENDS = OpBackends(
+    "sample_anchors",
+    checks={"torch": runs_anywhere, "triton": triton_reasons,
+            "cuda": lambda device: cuda_reasons(device, _MISSING_CUDA)},
+    priority={"cuda": ("cuda", "triton", "torch"), "cpu": ("torch",)})
+SAMPLING_BACKENDS = ("auto", *BACKENDS.names)
 
 
 def _fake_run_histogram(run_key, rank, cls, easy, valid, hw):
@@ -123,8 +132,7 @@ def _check_inputs(labels: Tensor, predictions: Tensor, max_samples: int, max_vie
     for name, v in (("max_samples", max_samples), ("max_views", max_views)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if backend not in SAMPLING_BACKENDS:
-        raise ValueError(f"backend must be one of {SAMPLING_BACKENDS}, got {backend!r}")
+    BACKENDS.validate_name(backend)
 
 
 def sample_anchors(labels: Tensor, predictions: Tensor, *, max_samples: int = 1024,
@@ -150,10 +158,7 @@ def sample_anchors(labels: Tensor, predictions: Tensor, *, max_samples: int = 10
         hold ``-1`` and ``ignore_index``.
     """
     _check_inputs(labels, predictions, max_samples, max_views, backend)
-    if backend == "cuda":
-        require_cuda(labels.device, _MISSING_CUDA, "sample_anchors")
-    else:
-        backend = torch_or_triton(backend, labels.device, "sample_anchors")
+    backend = BACKENDS.choose(backend, labels.device)
     return _sample(labels, predictions, max_samples, max_views, ignore_index, generator,
                    kernels=backend)
 

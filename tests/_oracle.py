@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from pixcontrast.reference import pixel_contrast_reference
+from pixcontrast.infonce import pixel_contrast_reference
 
 IGNORE = -1
 

@@ -222,7 +222,7 @@ def test_cuda_opcheck(mode):
          else torch.empty(0, dtype=torch.long, device="cuda"))
     self_contrast = mode != "bank-grad"
     args = (case.anchors.clone().requires_grad_(), case.labels, c, z, self_contrast,
-            1 / case.temperature, -1, True, True)
+            1 / case.temperature, -1, True, True, False)  # need_grad, allow_tf32
     torch.library.opcheck(torch.ops.pixcontrast.infonce_forward.default, args)
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pixcontrast.losses import ContrastCELoss, PixelContrastLoss, resize_labels
-from pixcontrast.reference import pixel_contrast_reference
+from pixcontrast.infonce import pixel_contrast_reference
 from pixcontrast.sampling import sample_anchors
 
 IGN = 255

@@ -19,9 +19,7 @@ def op_args(case, self_contrast, need_grad, backend):
     z = case.contrast_labels if case.contrast_labels is not None else torch.empty(
         0, dtype=torch.long)
     args = [case.anchors.clone().requires_grad_(need_grad), case.labels, c, z,
-            self_contrast, 1 / case.temperature, -1, True, need_grad]
-    if backend == "triton":
-        args.append(False)
+            self_contrast, 1 / case.temperature, -1, True, need_grad, False]  # allow_tf32
     return tuple(args)
 
 
@@ -73,9 +71,7 @@ def test_opcheck_backward_columns(backend, mode):
     fwd_args = op_args(case, self_contrast, False, backend)
     _, lse, pos_sig, num_pos, _ = OPS[backend]()(*fwd_args)
     row_coef = torch.where(num_pos > 0, torch.randn(13) / num_pos.clamp(min=1), 0.0)
-    args = [fwd_args[0].detach(), *fwd_args[1:8], lse, pos_sig, row_coef]
-    if backend == "triton":
-        args.append(False)
+    args = [fwd_args[0].detach(), *fwd_args[1:8], lse, pos_sig, row_coef, False]  # allow_tf32
     torch.library.opcheck(BACKWARD_OPS[backend](), tuple(args))
 
 

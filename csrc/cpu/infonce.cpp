@@ -546,7 +546,8 @@ std::tuple<at::Tensor, at::Tensor> backward_columns_impl(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_forward(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore_index, bool normalize, bool need_grad) {
+    int64_t ignore_index, bool normalize, bool need_grad,
+    bool /*allow_tf32: the CPU kernels are IEEE fp32*/) {
   check_inputs("infonce_forward", anchors, labels, contrast, contrast_labels);
   TORCH_CHECK(std::isfinite(inv_temperature),
               "infonce_forward: inv_temperature must be finite, got ", inv_temperature);
@@ -561,7 +562,7 @@ std::tuple<at::Tensor, at::Tensor> infonce_backward_columns(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore_index, bool normalize, const at::Tensor& lse, const at::Tensor& pos_sig,
-    const at::Tensor& row_coef) {
+    const at::Tensor& row_coef, bool /*allow_tf32: the CPU kernels are IEEE fp32*/) {
   const char* op = "infonce_backward_columns";
   check_inputs(op, anchors, labels, contrast, contrast_labels);
   TORCH_CHECK(std::isfinite(inv_temperature), op, ": inv_temperature must be finite, got ",

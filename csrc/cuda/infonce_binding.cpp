@@ -62,7 +62,8 @@ void check_inputs(const char* op, const Tensor& anchors, const Tensor& labels,
 }
 
 InfonceRows make_rows(const Tensor& anchors, const Tensor& perm, const Tensor& sorted_labels,
-                      double inv_temperature, int64_t ignore_index, bool normalize) {
+                      double inv_temperature, int64_t ignore_index, bool normalize,
+                      bool allow_tf32) {
   InfonceRows rows{};
   rows.anchors = anchors.data_ptr();
   rows.stride_row = anchors.stride(0);
@@ -72,8 +73,8 @@ InfonceRows make_rows(const Tensor& anchors, const Tensor& perm, const Tensor& s
   rows.n = anchors.size(0);
   rows.d = anchors.size(1);
   rows.kind = kind_of(anchors.scalar_type());
-  // fp32 follows torch.backends.cuda.matmul.allow_tf32, like torch.matmul.
-  rows.allow_tf32 = at::globalContext().allowTF32CuBLAS();
+  // The op's argument (the Python wrapper reads torch's TF32 setting once per call).
+  rows.allow_tf32 = allow_tf32;
   rows.normalize = normalize;
   rows.inv_temperature = static_cast<float>(inv_temperature);
   rows.ignore_index = ignore_index;
@@ -110,7 +111,7 @@ std::tuple<Tensor, Tensor> sort_rows(const Tensor& labels) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> infonce_forward_cuda(
     const Tensor& anchors, const Tensor& labels, const Tensor& contrast,
     const Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore_index, bool normalize, bool need_grad) {
+    int64_t ignore_index, bool normalize, bool need_grad, bool allow_tf32) {
   constexpr const char* op = "infonce_forward";
   check_inputs(op, anchors, labels, contrast, contrast_labels, inv_temperature);
   const c10::cuda::CUDAGuard guard(anchors.device());
@@ -128,7 +129,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> infonce_forward_cuda(
   Tensor sorted_labels, perm;
   std::tie(sorted_labels, perm) = sort_rows(labels);
   const InfonceRows rows = make_rows(anchors, perm, sorted_labels, inv_temperature,
-                                     ignore_index, normalize);
+                                     ignore_index, normalize, allow_tf32);
   const InfonceTiles tiles = infonce_tiles(rows.kind, rows.allow_tf32, d);
   const int64_t row_blocks = (n + tiles.block_rows - 1) / tiles.block_rows;
   TORCH_CHECK(row_blocks <= 65535, op, ": too many anchors for the CUDA kernels (N = ", n,
@@ -161,7 +162,7 @@ std::tuple<Tensor, Tensor> infonce_backward_columns_cuda(
     const Tensor& anchors, const Tensor& labels, const Tensor& contrast,
     const Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore_index, bool normalize, const Tensor& lse, const Tensor& pos_sig,
-    const Tensor& row_coef) {
+    const Tensor& row_coef, bool allow_tf32) {
   constexpr const char* op = "infonce_backward_columns";
   check_inputs(op, anchors, labels, contrast, contrast_labels, inv_temperature);
   const int64_t n = anchors.size(0), d = anchors.size(1), m = contrast.size(0);
@@ -184,7 +185,7 @@ std::tuple<Tensor, Tensor> infonce_backward_columns_cuda(
   Tensor sorted_labels, perm;
   std::tie(sorted_labels, perm) = sort_rows(labels);
   const InfonceRows rows = make_rows(anchors, perm, sorted_labels, inv_temperature,
-                                     ignore_index, normalize);
+                                     ignore_index, normalize, allow_tf32);
   const auto stream = c10::cuda::getCurrentCUDAStream();
 
   // One launch per column segment (the launcher returns at once for an empty one).
