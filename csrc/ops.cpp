@@ -3,7 +3,7 @@
 // dispatch key (csrc/cpu/*.cpp: CPU, csrc/cuda/*_binding.cpp: CUDA).
 //
 // The schemas stay flat (tensors and scalars). Defaults, friendly errors and the
-// reduction live in the Python wrapper (pixcontrast/ops.py).
+// reduction live in the Python wrapper (pixcontrast/infonce.py).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -443,8 +443,9 @@ def fused_pixel_contrast(
             host synchronisation).
 
     Returns:
-        Scalar loss (``[N]`` for ``reduction="none"``) in the anchors' dtype; accumulation
-        is float32 (float64 for float64 inputs).
+        Scalar loss (``[N]`` for ``reduction="none"``) in the anchors' dtype (the
+        contrast's, when the anchors were cast to it); accumulation is float32 (float64 for
+        float64 inputs).
 
     Equivalent PyTorch (dense; ``s = normalize(a) @ normalize(c).T / τ``)::
 

@@ -48,7 +48,8 @@ class PixelContrastLoss(nn.Module):
             ``"cuda"`` also select that backend for the anchor sampling and the bank update;
             ``"auto"`` and ``"cpu"`` leave those on ``"auto"`` (PyTorch on CPU; on CUDA the
             fastest measured: CUDA kernels for sampling, Triton for the bank write).
-        memory_dtype: storage dtype of the bank (float32 or bfloat16).
+        memory_dtype: storage dtype of the bank (any MemoryBank dtype: float32,
+            bfloat16, float16, float64).
 
     ``forward(embed [B, D, h, w], labels [B, H, W], predictions)`` where ``predictions`` is
     segmentation logits ``[B, K, h', w']`` or a class map ``[B, h', w']``; returns a scalar.

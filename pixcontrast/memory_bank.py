@@ -62,10 +62,24 @@ BACKENDS = OpBackends(
             "cuda": lambda device: cuda_reasons(device, _MISSING_CUDA)},
     priority={"cuda": ("triton", "cuda", "torch"), "cpu": ("torch",)})
 
+def _fake_bank_write(features, labels, values, rows, keep, entry_labels):
+    return None  # writes features / labels in place (the schema says so)
+
+
 if extension_available():  # fake kernel: torch.compile traces the in-place CUDA write
-    @torch.library.register_fake("pixcontrast::bank_write")
-    def _fake_bank_write(features, labels, values, rows, keep, entry_labels):
-        return None
+    torch.library.register_fake("pixcontrast::bank_write")(_fake_bank_write)
+
+
+# The Triton write of kernels/memory_bank.py as a torch.library op, registered like the
+# InfoNCE ones (the C++ schema's signature, a fake kernel).
+@torch.library.custom_op("pixcontrast::bank_write_triton", mutates_args=("features", "labels"))
+def _bank_write_triton(features: Tensor, labels: Tensor, values: Tensor, rows: Tensor,
+                       keep: Tensor, entry_labels: Tensor) -> None:
+    from pixcontrast.kernels.memory_bank import bank_write
+    bank_write(features, labels, values, rows, keep, entry_labels)
+
+
+_bank_write_triton.register_fake(_fake_bank_write)
 
 
 def class_sums(x: Tensor, y: Tensor, bins: int, method: str | None = None) -> Tensor:
@@ -305,9 +319,7 @@ class MemoryBank(torch.nn.Module):
                                   classes[:, None].expand(b, k, p).reshape(-1)])
         feats, lbls = self.contrast()
         if backend == "triton":
-            from pixcontrast.kernels.memory_bank import bank_write
-
-            bank_write(feats, lbls, values, rows, keep, entry_labels)
+            _bank_write_triton(feats, lbls, values, rows, keep, entry_labels)
         elif backend == "cuda":
             torch.ops.pixcontrast.bank_write(feats, lbls, values, rows, keep, entry_labels)
         else:

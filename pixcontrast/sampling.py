@@ -96,6 +96,30 @@ if extension_available():  # fake kernels: torch.compile traces the CUDA ops
     torch.library.register_fake("pixcontrast::sampling_select_scatter")(_fake_select_scatter)
 
 
+# The Triton launchers of kernels/sampling.py as torch.library ops, registered like the
+# InfoNCE ones (same signatures as the C++ schemas of csrc/ops.cpp, a fake kernel each).
+@torch.library.custom_op("pixcontrast::sampling_run_histogram_triton", mutates_args=())
+def _run_histogram_triton(run_key: Tensor, rank: Tensor, cls: Tensor, easy: Tensor,
+                          valid: Tensor, hw: int) -> Tensor:
+    from pixcontrast.kernels.sampling import run_histogram
+    return run_histogram(run_key, rank, cls, easy, valid, hw)
+
+
+@torch.library.custom_op("pixcontrast::sampling_select_scatter_triton",
+                         mutates_args=("out_idx", "out_lab"))
+def _select_scatter_triton(cls: Tensor, easy: Tensor, rank: Tensor, lab: Tensor, pix: Tensor,
+                           pair_of_cls: Tensor, kept: Tensor, pair_hard: Tensor,
+                           pair_easy: Tensor, offset: Tensor, views: Tensor, out_idx: Tensor,
+                           out_lab: Tensor, ignore_index: int) -> None:
+    from pixcontrast.kernels.sampling import select_scatter
+    select_scatter(cls, easy, rank, lab, pix, pair_of_cls, kept, pair_hard, pair_easy, offset,
+                   views, out_idx, out_lab, ignore_index)
+
+
+_run_histogram_triton.register_fake(_fake_run_histogram)
+_select_scatter_triton.register_fake(_fake_select_scatter)
+
+
 def sampling_quotas(hard: Tensor, easy: Tensor, views: Tensor | int) -> tuple[Tensor, Tensor]:
     """Numbers of hard and easy pixels to take from a pair with ``hard``/``easy`` pixels.
 
@@ -206,8 +230,7 @@ def _sample(labels: Tensor, predictions: Tensor, max_samples: int, max_views: in
     cls = new_class.long().cumsum(0) - 1           # class-group id, (image, label) order
     valid = lab != ignore_index
     if kernels == "triton":
-        from pixcontrast.kernels.sampling import run_histogram
-        counts = run_histogram(run_key, rank, cls, easy, valid, hw)
+        counts = _run_histogram_triton(run_key, rank, cls, easy, valid, hw)
         n_hard, n_easy = counts[:, 0], counts[:, 1]
     elif kernels == "cuda":
         counts = torch.ops.pixcontrast.sampling_run_histogram(run_key, rank, cls, easy, valid,
@@ -245,9 +268,8 @@ def _sample(labels: Tensor, predictions: Tensor, max_samples: int, max_views: in
 
     # 4. Selection and scatter into the fixed-capacity output.
     if kernels == "triton":
-        from pixcontrast.kernels.sampling import select_scatter
-        select_scatter(cls, easy, rank, lab, pix, pair_of_cls, kept, pair_hard, pair_easy,
-                       offset, views, out_idx, out_lab, ignore_index)
+        _select_scatter_triton(cls, easy, rank, lab, pix, pair_of_cls, kept, pair_hard,
+                               pair_easy, offset, views, out_idx, out_lab, ignore_index)
         return out_idx[:max_samples], out_lab[:max_samples]
     if kernels == "cuda":
         torch.ops.pixcontrast.sampling_select_scatter(

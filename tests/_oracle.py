@@ -100,8 +100,9 @@ def fp32_rtol(d: int, temperature: float = 0.1, *, tensor_cores: bool) -> float:
       cores accumulate fp32 by truncation, and each logit goes through 3·⌈D/8⌉ accumulation
       steps (three products of a hi/lo TF32 split, K = 8 per MMA step), each of which can
       lose up to 2⁻²³ relative, always towards zero: a biased error that grows with D
-      (emulated: 5.0e-6 at D=256 and 6.2e-6 at D=300 on the loss; measured on an H200:
-      1.0e-5 at D=300). Bound: 2e-5 + 3·⌈D/8⌉·2⁻²³.
+      (on the loss at D=300: 1.2e-5 emulated by tests/test_infonce_numerics.py, three
+      truncating accumulations per K=8 step; 6.2e-6 in the 2026-11-29 diagnosis's own
+      emulation; 1.0e-5 measured on an H200). Bound: 2e-5 + 3·⌈D/8⌉·2⁻²³.
     Logit errors scale with 1/τ, so both scale by ``max(1, 0.1/τ)``.
     """
     base = 2e-5

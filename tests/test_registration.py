@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -125,3 +127,31 @@ def test_sampling_and_bank_fake_kernels():
         out.clone(), -1) is None
     f = torch.empty(6, 4, dtype=torch.bfloat16, device="meta")
     assert torch.ops.pixcontrast.bank_write(f, i64[:6], f[:2], i64[:2], b[:2], i64[:2]) is None
+
+
+def test_triton_sampling_and_bank_ops_are_registered_like_the_infonce_ones():
+    """The Triton launchers of sampling and the bank write are torch.library ops with fake
+    kernels (as the InfoNCE ones), with the C++ schemas' signatures and mutations."""
+    import pixcontrast.memory_bank  # noqa: F401
+    import pixcontrast.sampling  # noqa: F401
+
+    def canonical(schema: str) -> str:  # custom_op infers SymInt and numbered aliases
+        return re.sub(r"\(\w+!\)", "(!)", schema.replace("SymInt", "int"))
+
+    for name in ("sampling_run_histogram", "sampling_select_scatter", "bank_write"):
+        triton_op = getattr(torch.ops.pixcontrast, name + "_triton").default
+        assert (canonical(str(triton_op._schema).replace("_triton(", "("))
+                == canonical(SCHEMAS[name]))
+    n, hw = 12, 6
+    run_key = torch.arange(n) // 3
+    rank = torch.arange(n) % 3
+    cls = torch.arange(n) // 2
+    easy = torch.rand(n) < 0.5
+    valid = torch.rand(n) < 0.8
+    torch.library.opcheck(torch.ops.pixcontrast.sampling_run_histogram_triton.default,
+                          (run_key, rank, cls, easy, valid, hw))
+    f = torch.randn(6, 4)
+    lab = torch.full((6,), -1)
+    args = (f, lab, torch.randn(3, 4), torch.tensor([0, 4, 2]),
+            torch.tensor([True, False, True]), torch.tensor([1, 2, 3]))
+    torch.library.opcheck(torch.ops.pixcontrast.bank_write_triton.default, args)

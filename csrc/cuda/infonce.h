@@ -16,7 +16,8 @@
 //
 // Tile products run on the tensor cores (WMMA): fp16 and bf16 operands as they are, fp32
 // operands as TF32 when `allow_tf32`, else as three TF32 products of a hi/lo split of each
-// operand (fp32-accurate: ~2^-21 relative error per product). Accumulation is fp32.
+// operand (~2^-21 relative error per product; the tensor cores truncate each fp32
+// accumulation step, so the error is biased and grows with D: docs/design.md §2.3).
 #pragma once
 
 #include <cuda_runtime.h>
