@@ -1,5 +1,5 @@
-// Framework-free test of the CUDA sampling and memory-bank launchers (csrc/cuda/sampling.h,
-// csrc/cuda/memory_bank.h) against straightforward CPU computations written here.
+// Framework-free test of the CUDA sampling launchers (csrc/cuda/sampling.h) against
+// straightforward CPU computations written here (the bank write: test_memory_bank_cuda.cu).
 //
 // Links only cudart and the launchers' .cu files. Exit codes: 0 pass, 1 mismatch (with a
 // message), 77 no CUDA device (CTest SKIP_RETURN_CODE). Random inputs with a fresh seed
@@ -15,55 +15,12 @@
 #include <random>
 #include <vector>
 
-#include "cuda/memory_bank.h"
 #include "cuda/sampling.h"
+#include "test_util.h"
 
 namespace {
 
-int g_failures = 0;
-
-#define CUDA_OK(expr)                                                                   \
-  do {                                                                                  \
-    cudaError_t err_ = (expr);                                                          \
-    if (err_ != cudaSuccess) {                                                          \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr,         \
-                   cudaGetErrorString(err_));                                           \
-      std::exit(1);                                                                     \
-    }                                                                                   \
-  } while (0)
-
-void fail(const char* what) {
-  std::fprintf(stderr, "MISMATCH: %s\n", what);
-  ++g_failures;
-}
-
-// A device copy of a host vector, freed at scope exit.
-template <typename T>
-struct Device {
-  T* ptr = nullptr;
-  size_t count = 0;
-  explicit Device(const std::vector<T>& host) : count(host.size()) {
-    CUDA_OK(cudaMalloc(&ptr, std::max<size_t>(count, 1) * sizeof(T)));
-    if (count) {
-      CUDA_OK(cudaMemcpy(ptr, host.data(), count * sizeof(T), cudaMemcpyHostToDevice));
-    }
-  }
-  ~Device() { cudaFree(ptr); }
-  Device(const Device&) = delete;
-  Device& operator=(const Device&) = delete;
-  std::vector<T> to_host() const {
-    std::vector<T> host(count);
-    if (count) {
-      CUDA_OK(cudaMemcpy(host.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
-    }
-    return host;
-  }
-};
-
-// bool vectors are bit-packed in std::vector<bool>: store them as uint8 (same bytes as
-// the launchers' bool) and hand the pointer over as bool*.
-using Flags = std::vector<uint8_t>;
-const bool* as_bool(const Device<uint8_t>& d) { return reinterpret_cast<const bool*>(d.ptr); }
+using namespace pixcontrast_test;
 
 // The quota rule in the words of DESIGN.md §2 (x >= V/2 as a real comparison).
 void quota(int64_t hard, int64_t easy, int64_t v, int64_t* q_hard, int64_t* q_easy) {
@@ -211,55 +168,6 @@ void sampling_case(std::mt19937_64& rng, int64_t images, int64_t hw, int64_t max
   if (d_out_lab.to_host() != want_lab) fail("sampling_select_scatter out_lab");
 }
 
-// One bank-write case for element type T (compared as raw bytes).
-template <typename T>
-void bank_case(std::mt19937_64& rng, int64_t num_rows, int64_t dim, int64_t num_entries,
-               const char* name) {
-  const int64_t f_stride = dim + static_cast<int64_t>(rng() % 3);  // padded rows
-  const int64_t v_stride = dim + static_cast<int64_t>(rng() % 3);
-  auto random_bytes = [&](size_t count) {
-    std::vector<T> out(count);
-    auto* bytes = reinterpret_cast<unsigned char*>(out.data());
-    for (size_t i = 0; i < count * sizeof(T); ++i) bytes[i] = static_cast<unsigned char>(rng());
-    return out;
-  };
-  std::vector<T> features = random_bytes(static_cast<size_t>(num_rows * f_stride));
-  std::vector<T> values = random_bytes(static_cast<size_t>(num_entries * v_stride));
-  std::vector<int64_t> labels(num_rows, -1), rows(num_entries), entry_labels(num_entries);
-  Flags keep(num_entries);
-  // Kept entries go to distinct rows; dropped ones anywhere (often onto a kept row).
-  std::vector<int64_t> perm(num_rows);
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), rng);
-  for (int64_t e = 0; e < num_entries; ++e) {
-    keep[e] = static_cast<uint8_t>(e < num_rows && rng() % 3 != 0);
-    rows[e] = keep[e] ? perm[e] : static_cast<int64_t>(rng() % num_rows);
-    entry_labels[e] = static_cast<int64_t>(rng() % 1000);
-  }
-  std::vector<T> want = features;
-  std::vector<int64_t> want_labels = labels;
-  for (int64_t e = 0; e < num_entries; ++e) {
-    if (!keep[e]) continue;
-    std::memcpy(&want[rows[e] * f_stride], &values[e * v_stride], dim * sizeof(T));
-    want_labels[rows[e]] = entry_labels[e];
-  }
-  Device<T> d_features(features), d_values(values);
-  Device<int64_t> d_labels(labels), d_rows(rows), d_entry_labels(entry_labels);
-  Device<uint8_t> d_keep(keep);
-  CUDA_OK(pixcontrast::cuda::bank_write<T>(d_features.ptr, f_stride, d_labels.ptr, num_rows,
-                                           d_values.ptr, v_stride, d_rows.ptr, as_bool(d_keep),
-                                           d_entry_labels.ptr, num_entries, dim, nullptr));
-  CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<T> got = d_features.to_host();
-  if (std::memcmp(got.data(), want.data(), want.size() * sizeof(T)) != 0) {
-    std::fprintf(stderr, "bank_write<%s> rows=%lld dim=%lld entries=%lld\n", name,
-                 static_cast<long long>(num_rows), static_cast<long long>(dim),
-                 static_cast<long long>(num_entries));
-    fail("bank_write features (kept rows copied bit for bit, everything else untouched)");
-  }
-  if (d_labels.to_host() != want_labels) fail("bank_write labels");
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -287,17 +195,9 @@ int main(int argc, char** argv) {
       sampling_case(rng, c[0], c[1], c[2], c[3], c[4]);
     }
   }
-  for (int64_t dim : {1, 7, 128, 300}) {
-    bank_case<float>(rng, 50, dim, 40, "float");
-    bank_case<double>(rng, 13, dim, 30, "double");
-    bank_case<__half>(rng, 64, dim, 64, "half");
-    bank_case<__nv_bfloat16>(rng, 90, dim, 200, "bfloat16");
-  }
   // Empty inputs launch nothing and succeed, even with null pointers.
   CUDA_OK(pixcontrast::cuda::sampling_run_histogram(nullptr, nullptr, nullptr, nullptr,
                                                     nullptr, 0, 1, nullptr, nullptr));
-  CUDA_OK(pixcontrast::cuda::bank_write<float>(nullptr, 4, nullptr, 10, nullptr, 4, nullptr,
-                                               nullptr, nullptr, 0, 4, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
 
   if (g_failures) {
