@@ -1,8 +1,10 @@
-"""Shared benchmark harness: timing, per-provider peak memory, tables, JSON metadata."""
+"""Shared benchmark harness: timing, per-provider peak memory, tables, JSON metadata, and
+the inputs and runner of the bookkeeping benchmarks (sampling, memory bank)."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -171,3 +173,74 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     sep = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(fmt(r.get(k)) for _, k in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
+
+
+# --------------------------------------------------------------------------------------
+# The step's bookkeeping (bench_sampling.py, bench_memory_bank.py): inputs and a runner
+# --------------------------------------------------------------------------------------
+
+LABEL_IGNORE = 255
+CLASSES = 19
+# quick -> (B, h, w, D, bank size per class and kind): at paper size 8 label maps of
+# 128×256 and a 19-class bank of 5000 entries; pixels_per_update is 10, max_samples 1024.
+STEP_SIZES = {False: (8, 128, 256, 256, 5000), True: (2, 64, 128, 64, 500)}
+
+
+def label_maps(batch: int, h: int, w: int, classes: int, device: str,
+               ignore_fraction: float = 0.05, error_rate: float = 0.2):
+    """Cityscapes-like maps: class regions (a coarse random map, nearest-upsampled 16x),
+    ~5% ``LABEL_IGNORE`` pixels, predictions wrong on ~20% of pixels. Global RNG."""
+    coarse = torch.randint(0, classes, (batch, max(h // 16, 1), max(w // 16, 1)))
+    labels = coarse.repeat_interleave(16, 1).repeat_interleave(16, 2)[:, :h, :w]
+    labels = torch.where(torch.rand(labels.shape) < ignore_fraction, LABEL_IGNORE, labels)
+    preds = torch.where(torch.rand(labels.shape) < error_rate,
+                        torch.randint(0, classes, labels.shape), labels)
+    preds = torch.where(labels == LABEL_IGNORE, torch.randint(0, classes, labels.shape), preds)
+    return labels.to(device).contiguous(), preds.to(device).contiguous()
+
+
+def gpu_backends(device: str, cuda_ops: tuple[str, ...]) -> list[str]:
+    """Kernel backends that run on ``device``: triton on CUDA, and cuda when the extension
+    has every op of ``cuda_ops``."""
+    if device != "cuda":
+        return []
+    from pixcontrast._backends import missing_cuda_kernels
+    return ["triton"] + (["cuda"] if missing_cuda_kernels(cuda_ops) == [] else [])
+
+
+# a workload: () -> (shape description, {provider: zero-argument callable}), baseline first
+Workload = Callable[[], tuple[str, dict[str, Callable[[], object]]]]
+
+
+def time_workloads(workloads: dict[str, Workload], device: str, repeats: int) -> list[dict]:
+    """Median and 20th/80th percentiles of every provider of every workload (CUDA events on
+    GPU, perf_counter on CPU), speed-up against the first provider. Seed 0 per workload."""
+    timer = time_cuda if device == "cuda" else time_cpu
+    records = []
+    for name, build in workloads.items():
+        torch.manual_seed(0)
+        shape, providers = build()
+        base = None
+        for provider, fn in providers.items():
+            t = timer(fn, repeats)
+            base = base or t["median"]
+            records.append({"workload": name, "shape": shape, "provider": provider,
+                            "median_ms": t["median"], "p20_ms": t["p20"], "p80_ms": t["p80"],
+                            "speedup": base / t["median"]})
+    return records
+
+
+def report_workloads(records: list[dict], device: str, json_path: str | None,
+                     baseline: str = "loop-2021") -> None:
+    """The environment line and the table on stdout; ``{"environment", "records"}`` JSON."""
+    env = environment(device)
+    print(f"{env['device_name']}, {env['cpu_threads']} threads, torch {env['torch']}, "
+          f"triton {env['triton']}, commit {env['commit']}, "
+          f"{datetime.date.today().isoformat()}\n")
+    print(markdown_table(records, [
+        ("workload", "workload"), ("shape", "shape"), ("provider", "provider"),
+        ("median ms", "median_ms"), ("p20 ms", "p20_ms"), ("p80 ms", "p80_ms"),
+        (f"speed-up vs {baseline}", "speedup")]))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"environment": env, "records": records}, f, indent=1)

@@ -60,7 +60,7 @@ QUICK = {
 }
 SWEEP_M = [10_000, 30_000, 100_000, 300_000, 1_000_000, 2_000_000]
 QUICK_SWEEP_M = [2_000, 6_000, 20_000]
-ALL_WORKLOADS = [*WORKLOADS, "sweep", "sampling"]
+ALL_WORKLOADS = [*WORKLOADS, "sweep"]
 DEFAULT_WORKLOADS = ["paper-bank", "paper-mem-config"]
 SLOW_CALL_MS = 5_000  # providers slower than this per call are timed with fewer repeats
 CHILDREN_AT_ONCE = 4  # memory-measuring processes run concurrently on a GPU
@@ -269,7 +269,7 @@ def loss_cases(args, sizes) -> list[dict]:
         if wl == "sweep":
             n, _, d, k = sizes["paper-bank"]
             shapes += [(wl, (n, m, d, k)) for m in (QUICK_SWEEP_M if args.quick else SWEEP_M)]
-        elif wl != "sampling":
+        else:
             shapes.append((wl, sizes[wl]))
     for wl, (n, m, d, k) in shapes:
         for prov in providers_for(args.device, args.provider):
@@ -343,30 +343,6 @@ def measure_time(cases: list[dict], args) -> None:
                       f"{which}_p80_ms": q["p80"]})
 
 
-def sampling_records(args) -> list[dict]:
-    from bench_sampling import sampling_and_update_workload
-    shape, providers = sampling_and_update_workload(args.device, args.quick)
-    timer = H.time_cuda if args.device == "cuda" else H.time_cpu
-    samples: dict[str, list[float]] = {p: [] for p in providers}
-    for fn in providers.values():
-        fn()
-    for _ in range(max(args.repeats, 5)):
-        for name, fn in providers.items():
-            samples[name].append(timer(fn, repeats=1, warmup=0)["median"])
-    recs = []
-    base = None
-    for name in providers:
-        q = H.quantiles(samples[name])
-        base = base or q["median"]
-        recs.append({"workload": "sampling", "provider": name, "mode": "float32",
-                     "dtype": "float32", "device": args.device, "shape_desc": shape,
-                     "status": "ok", "fwd_ms": q["median"], "fwd_p20_ms": q["p20"],
-                     "fwd_p80_ms": q["p80"], "fwd_bwd_ms": None, "peak_mem_mb": None,
-                     "tflops": None, "gemm_mode": None, "gemm_tflops": None,
-                     "roofline_fraction": None, "speedup_vs_unfused": base / q["median"]})
-    return recs
-
-
 def derive(cases: list[dict], gemm: dict, bandwidth: float) -> None:
     """TFLOP/s, fraction of the GEMM rate of the row's gemm_mode, speed-up over unfused in the
     same mode (bfloat16: over unfused float32, strict), bank-read time."""
@@ -414,7 +390,7 @@ def plot(records: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in records if r["workload"] == "sweep"] or [
-        r for r in records if r["workload"] != "sampling" and not r.get("self_contrast")]
+        r for r in records if not r.get("self_contrast")]
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     series: dict[str, list[dict]] = {}
     for r in rows:
@@ -446,7 +422,8 @@ def plot(records: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workload", action="append", choices=ALL_WORKLOADS,
-                   help=f"repeatable; default {' '.join(DEFAULT_WORKLOADS)}")
+                   help=f"repeatable; default {' '.join(DEFAULT_WORKLOADS)} (sampling and "
+                        "the bank update: bench_sampling.py, bench_memory_bank.py)")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", action="append", choices=list(H.MODES),
@@ -495,9 +472,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     measure_memory(cases, args)
     measure_time(cases, args)
     derive(cases, gemm, bandwidth)
-    records = cases + (sampling_records(args) if "sampling" in args.workload else [])
     meta = {"date": datetime.date.today().isoformat(), "bandwidth_gbs": bandwidth, **env}
-    records = [{**r, **meta} for r in records]
+    records = [{**r, **meta} for r in cases]
 
     cols = [("workload", "workload"), ("provider", "provider"), ("mode", "mode"),
             ("dtype", "dtype"),

@@ -74,7 +74,8 @@ cat "$summary"
 
 if [ "$dry" = 1 ]; then
   # What CI checks on a machine without a GPU: the scripts parse and import.
-  for tool in benchmarks/bench_loss.py benchmarks/bench_sampling.py benchmarks/profile_loss.py \
+  for tool in benchmarks/bench_loss.py benchmarks/bench_sampling.py \
+              benchmarks/bench_memory_bank.py benchmarks/profile_loss.py \
               benchmarks/gpu_triage.py benchmarks/aot_kernels.py; do
     $py "$tool" --help > /dev/null || { echo "dry run: $tool --help failed" >&2; exit 1; }
   done
@@ -113,10 +114,13 @@ step gpu-tests "$limit" $py -m pytest -m gpu -n 8 --max-worker-restart 32 -q -p 
                     tail -1 "$work/gpu-tests.log"; echo '```'; } | tee -a "$summary"
 
 if [ "$quick" = 0 ]; then
-  # 5. Sampling + bank update, eager.
+  # 5. Sampling, the bank update, and both in one step, eager.
   step bench-sampling 90 $py benchmarks/bench_sampling.py --device cuda \
     --json "$work/bench-sampling.json"
   [ "$dry" = 1 ] || cat "$work/bench-sampling.log" >> "$summary"
+  step bench-memory-bank 60 $py benchmarks/bench_memory_bank.py --device cuda \
+    --json "$work/bench-memory-bank.json"
+  [ "$dry" = 1 ] || cat "$work/bench-memory-bank.log" >> "$summary"
   # 6. Where one loss step's time goes, per kernel, per GPU backend (bf16).
   step profile 100 $py benchmarks/profile_loss.py --device cuda --dtype bfloat16 \
     --json "$work/profile.json" --md "$work/profile.md"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixcontrast.config import ConfigError, load_config, parse_overrides
+from pixcontrast.train.config import ConfigError, load_config, parse_overrides
 from pixcontrast.data import DatasetError, EvalTransform, TrainTransform, build_dataset
 from pixcontrast.data.camvid import camvid
 from pixcontrast.data.cityscapes import CITYSCAPES_LABEL_IDS, cityscapes
@@ -267,3 +267,42 @@ def test_overrides_are_typed_and_unknown_keys_raise(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_loss_section_comes_from_the_loss_signatures(tmp_path):
+    """Each loss default lives in the loss module: the config's loss section is the
+    trainer's switch ``contrast`` plus the loss constructors' arguments with their
+    signature defaults, except the one the trainer overrides (memory_size: 5000, the
+    paper's bank; the library's default is 0)."""
+    import inspect
+
+    from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
+    from pixcontrast.train.config import DEFAULTS, TRAINER_LOSS_DEFAULTS
+
+    loss = DEFAULTS["loss"]
+    # the keys the trainer has always accepted (no more, no fewer)
+    assert set(loss) == {"contrast", "loss_weight", "warmup_iters", "temperature",
+                         "base_temperature", "max_samples", "max_views", "memory_size",
+                         "pixels_per_update", "include_anchors", "aux_weight", "ohem",
+                         "ohem_thresh", "ohem_min_kept", "backend"}
+    assert loss["contrast"] is True
+    assert TRAINER_LOSS_DEFAULTS == {"memory_size": 5000} and loss["memory_size"] == 5000
+    for cls in (ContrastCELoss, PixelContrastLoss):
+        for name, p in inspect.signature(cls).parameters.items():
+            # (ContrastCELoss's ``contrast`` is the module the trainer builds, not the switch)
+            if name in loss and name not in TRAINER_LOSS_DEFAULTS and name != "contrast":
+                assert loss[name] == p.default and type(loss[name]) is type(p.default), name
+    assert inspect.signature(PixelContrastLoss).parameters["memory_size"].default == 0
+    # unknown loss keys still raise naming the key, in a file and on the command line
+    path = os.path.join(CONFIGS, "synthetic.yaml")
+    with pytest.raises(ConfigError, match="loss.memory_dtype"):
+        load_config(path, ["--loss.memory_dtype", "bfloat16"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  temprature: 0.2\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'loss.temprature'"):
+        load_config(bad)
+    # a config without loss.memory_size gets the trainer's 5000, one with it keeps its value
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("loss:\n  temperature: 0.2\n")
+    assert load_config(bare)["loss"]["memory_size"] == 5000
+    assert load_config(path)["loss"]["memory_size"] == 500

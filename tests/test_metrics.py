@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixcontrast.inference import predict, slide_logits, whole_logits
-from pixcontrast.metrics import ConfusionMatrix, confusion_matrix, metrics_from_confusion
+from pixcontrast.train.inference import predict, slide_logits, whole_logits
+from pixcontrast.train.metrics import ConfusionMatrix, confusion_matrix, metrics_from_confusion
 
 
 def _iou_loop(pred, label, k, ignore):

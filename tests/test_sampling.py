@@ -162,6 +162,20 @@ def test_rule_against_oracle(case, backend):
         check_sample(idx, lab, labels, preds, max_samples, max_views, ignore_index)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_benchmark_loop_baseline_follows_the_rule(case):
+    # benchmarks/bench_sampling.py times sample_anchors against this loop; both must
+    # implement the same rule (the same oracle) for the comparison to mean anything.
+    from pixcontrast.baselines import sample_anchors_loop_2021
+
+    B, h, w, max_samples, max_views, ignore_index = case
+    for _ in range(4):
+        labels, preds = make_maps(B, h, w, max_views, ignore_index)
+        idx, lab = sample_anchors_loop_2021(labels, preds, max_samples=max_samples,
+                                            max_views=max_views, ignore_index=ignore_index)
+        check_sample(idx, lab, labels, preds, max_samples, max_views, ignore_index)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pair_subset_when_T_exceeds_max_samples(backend):
     # 4 images x 6 classes of 12..20 pixels, max_views 10: T = 24 > max_samples = 7, V = 1.
@@ -340,7 +354,7 @@ def test_cuda_backend_refuses_cpu_tensors():
     # An explicit "cuda" never falls back: CPU tensors (and, here, an extension without CUDA
     # kernels) raise and say why.
     labels = torch.randint(0, 3, (2, 4, 4))
-    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run.*need CUDA tensors"):
+    with pytest.raises(RuntimeError, match=r"backend='cuda' cannot run.*need CUDA tensors"):
         sample_anchors(labels, labels, backend="cuda")
 
 

@@ -1,4 +1,5 @@
-"""Training engine: exact resume, CLI outputs, evaluate, 2-process gloo run.
+"""The trainer wing (pixcontrast.train): exact resume, CLI outputs, evaluate, the loss built
+from the config, the core's independence from the wing, 2-process gloo run.
 
 All runs use a tiny synthetic config (32×32 scenes, hrnet_tiny, a few iterations,
 num_workers 0) so the whole file takes well under a minute on 2 CPU cores.
@@ -15,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from pixcontrast.config import load_config
-from pixcontrast.engine import (CHECKPOINT_KEYS, Trainer, load_checkpoint, poly_lr_lambda,
-                                split_head_parameters)
+from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
+from pixcontrast.train import (CHECKPOINT_KEYS, Trainer, build_criterion, load_checkpoint,
+                               poly_lr_lambda, split_head_parameters)
+from pixcontrast.train.config import load_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SYNTHETIC = os.path.join(ROOT, "configs", "synthetic.yaml")
@@ -79,7 +81,8 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_cli_outputs_and_evaluate_reproduces(tmp_path, capsys):
-    from pixcontrast import evaluate, train
+    from pixcontrast.train import evaluate
+    from pixcontrast.train.__main__ import main as train_main
 
     out = tmp_path / "run"
     args = ["--config", SYNTHETIC, "--output-dir", str(out)]
@@ -87,7 +90,7 @@ def test_cli_outputs_and_evaluate_reproduces(tmp_path, capsys):
                  "optim.head_lr_mult": 10.0, "optim.grad_clip": 5.0, "train.amp": "bf16",
                  "optim.warmup_iters": 2}.items():
         args += [f"--{k}", json.dumps(v)]
-    assert train.main(args) == 0
+    assert train_main(args) == 0
     for f in ("checkpoints/last.pth", "checkpoints/best.pth", "log.jsonl", "metrics.json",
               "config.yaml"):
         assert (out / f).is_file(), f
@@ -115,7 +118,7 @@ def test_cli_outputs_and_evaluate_reproduces(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         evaluate.main(["--config", SYNTHETIC, "--checkpoint", str(tmp_path / "nope.pth")])
-    assert train.main(["--config", SYNTHETIC, "--optim.lrr", "1"]) == 2
+    assert train_main(["--config", SYNTHETIC, "--optim.lrr", "1"]) == 2
     assert "optim.lrr" in capsys.readouterr().err
 
 
@@ -160,6 +163,81 @@ def test_head_parameters_and_poly_lr():
     g = poly_lr_lambda(100, 0.9, warmup_iters=10, warmup_ratio=0.1)
     assert g(0) == pytest.approx(0.1) and g(5) == pytest.approx(0.55 * 0.95 ** 0.9)
     assert g(10) == pytest.approx(f(10))
+
+
+def test_criterion_takes_every_loss_key():
+    """Every loss.* key reaches the constructor that takes it; classes, ignore index and
+    embedding size come from data/model; contrast off = no bank and weight 0."""
+    over = {"loss.loss_weight": 0.3, "loss.warmup_iters": 7, "loss.aux_weight": 0.2,
+            "loss.ohem": True, "loss.ohem_thresh": 0.6, "loss.ohem_min_kept": 99,
+            "loss.temperature": 0.2, "loss.base_temperature": 0.05, "loss.max_samples": 96,
+            "loss.max_views": 5, "loss.memory_size": 9, "loss.pixels_per_update": 3,
+            "loss.include_anchors": True, "loss.backend": "reference"}
+    crit = build_criterion(tiny_cfg(**over))
+    con = crit.contrast
+    assert isinstance(crit, ContrastCELoss) and isinstance(con, PixelContrastLoss)
+    assert (crit.num_classes, crit.ignore_index, con.ignore_index) == (5, 255, 255)
+    assert (crit.loss_weight, crit.warmup_iters, crit.aux_weight) == (0.3, 7, 0.2)
+    assert (crit.ohem, crit.ohem_thresh, crit.ohem_min_kept) == (True, 0.6, 99)
+    assert (con.temperature, con.base_temperature, con.max_samples, con.max_views) == \
+        (0.2, 0.05, 96, 5)
+    assert (con.include_anchors, con.backend) == (True, "reference")
+    bank = con.memory                                   # data.num_classes, model.proj_dim
+    assert (bank.num_classes, bank.dim, bank.size, bank.pixels_per_update) == (5, 16, 9, 3)
+    assert bank.ignore_index == 255
+    off = build_criterion(tiny_cfg(**over, **{"loss.contrast": False}))
+    assert off.loss_weight == 0.0 and off.contrast.memory is None
+    assert off.warmup_iters == 7 and off.contrast.temperature == 0.2
+
+
+def test_core_imports_nothing_from_the_trainer():
+    """Nothing in pixcontrast/ outside train/ (and the evaluate shim) imports the trainer
+    wing or one of the removed flat trainer modules: the library core (ops, losses,
+    memory_bank, sampling, infonce, models) and the datasets stand without it."""
+    import ast
+
+    pkg = os.path.join(ROOT, "pixcontrast")
+    trainer = ("pixcontrast.train", "pixcontrast.engine", "pixcontrast.config",
+               "pixcontrast.distributed", "pixcontrast.inference", "pixcontrast.metrics",
+               "pixcontrast.evaluate")
+    checked = 0
+    for folder, dirs, files in os.walk(pkg):
+        dirs[:] = [d for d in dirs if d not in ("train", "__pycache__")]
+        for f in files:
+            path = os.path.join(folder, f)
+            if not f.endswith(".py") or path == os.path.join(pkg, "evaluate.py"):
+                continue
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                else:
+                    names = []
+                bad = [n for n in names if n.startswith(trainer)]
+                assert not bad, f"{path} imports {bad} from the trainer wing"
+            checked += 1
+    assert checked >= 10
+    for gone in ("engine", "train", "config", "distributed", "inference", "metrics"):
+        assert not os.path.exists(os.path.join(pkg, gone + ".py")), gone
+
+
+def test_module_entry_points():
+    """python -m pixcontrast.train, pixcontrast.train.evaluate and the pixcontrast.evaluate
+    shim start (no runpy double-import warning) and return main's exit status."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", *args],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    for mod, prog in (("pixcontrast.train", "python -m pixcontrast.train"),
+                      ("pixcontrast.train.evaluate", "python -m pixcontrast.evaluate")):
+        proc = run(mod, "--help")
+        assert proc.returncode == 0, (mod, proc.stderr[-2000:])
+        assert proc.stdout.startswith(f"usage: {prog} "), (mod, proc.stdout[:200])
+    proc = run("pixcontrast.evaluate", "--config", SYNTHETIC, "--checkpoint", "nope.pth",
+               "--optim.lrr", "1")
+    assert proc.returncode == 2 and "optim.lrr" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_two_process_gloo(tmp_path):

@@ -8,11 +8,20 @@ silently. Override values are parsed as YAML scalars (``--optim.lr 1e-3`` → fl
 
     cfg = load_config("configs/synthetic.yaml", ["--train.iterations", "100"])
     cfg["optim"]["lr"]
+
+The ``loss`` section is not written out here: its keys and defaults are the constructor
+arguments of :class:`~pixcontrast.losses.ContrastCELoss` and
+:class:`~pixcontrast.losses.PixelContrastLoss` (``inspect.signature``), so each loss
+default lives in one place, the loss module. The trainer adds its own switch
+``loss.contrast`` and overrides one library default, :data:`TRAINER_LOSS_DEFAULTS`
+(``memory_size``). :func:`loss_arguments` splits a resolved section back into the two
+constructors' keyword arguments.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -20,8 +29,11 @@ from typing import Any
 
 import yaml
 
+from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
+
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "merge", "apply_overrides",
-           "parse_overrides"]
+           "parse_overrides", "validate", "loss_defaults", "loss_arguments",
+           "TRAINER_LOSS_DEFAULTS"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -44,6 +56,77 @@ def _yaml_load(text):
 
 class ConfigError(ValueError):
     """A config file, key or value that cannot be used (the message names it)."""
+
+
+# --- loss section: derived from the loss modules' constructors --------------------------
+# The two constructors whose keyword arguments make up the ``loss`` section, outermost first
+# (the order of the section's keys follows it).
+LOSS_MODULES = (ContrastCELoss, PixelContrastLoss)
+# Constructor arguments that are not loss-section keys: set from other sections
+# (data.num_classes, data.ignore_index, model.proj_dim) or built by the trainer (the contrast
+# module of ContrastCELoss) ...
+_WIRED = frozenset({"num_classes", "ignore_index", "dim", "contrast"})
+# ... or not exposed by the YAML config (memory_dtype is a torch.dtype; ce_weight has never
+# been a trainer key). Listing one of these here is what keeps it out of the config.
+_NOT_IN_CONFIG = frozenset({"memory_dtype", "ce_weight"})
+# Keys of the loss section that belong to the trainer, not to a constructor.
+_TRAINER_LOSS_KEYS = {"contrast": True}   # False: plain cross-entropy (+aux), no bank
+# Loss defaults the trainer deliberately sets differently from the library. The trainer has
+# always run the paper's bank (5000 entries per class and queue) when a config leaves
+# loss.memory_size out; PixelContrastLoss's own default is 0 (no bank).
+TRAINER_LOSS_DEFAULTS: dict[str, Any] = {"memory_size": 5000}
+
+
+def _constructor_keys(cls: type) -> dict[str, Any]:
+    """``{name: default}`` of the config-exposed keyword arguments of ``cls.__init__``."""
+    out = {}
+    for name, p in inspect.signature(cls).parameters.items():
+        if (name in _WIRED or name in _NOT_IN_CONFIG
+                or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)):
+            continue
+        if p.default is p.empty:
+            raise TypeError(f"{cls.__name__} argument '{name}' has no default: the trainer "
+                            f"cannot fill it from the config (wire it in train/builders.py "
+                            f"and list it in config._WIRED)")
+        if not isinstance(p.default, (bool, int, float, str, type(None))):
+            raise TypeError(f"{cls.__name__} argument '{name}' defaults to {p.default!r}, "
+                            f"not a YAML scalar: list it in config._NOT_IN_CONFIG or wire it")
+        out[name] = p.default
+    return out
+
+
+def _loss_keys() -> dict[type, dict[str, Any]]:
+    keys = {cls: _constructor_keys(cls) for cls in LOSS_MODULES}
+    seen: dict[str, type] = {}
+    for cls, names in keys.items():
+        for name in names:
+            if name in seen or name in _TRAINER_LOSS_KEYS:
+                other = seen[name].__name__ if name in seen else "the trainer"
+                raise TypeError(f"loss argument '{name}' of {cls.__name__} is also an "
+                                f"argument of {other}: one config key cannot set both")
+            seen[name] = cls
+    unknown = set(TRAINER_LOSS_DEFAULTS) - set(seen)
+    if unknown:
+        raise TypeError(f"TRAINER_LOSS_DEFAULTS names {sorted(unknown)}, which no loss "
+                        f"module takes")
+    return keys
+
+
+def loss_defaults() -> dict[str, Any]:
+    """The ``loss`` section's defaults: the trainer's keys, then every config-exposed
+    argument of the loss constructors with its signature default (or the trainer's
+    override from :data:`TRAINER_LOSS_DEFAULTS`)."""
+    out = dict(_TRAINER_LOSS_KEYS)
+    for names in _loss_keys().values():
+        out.update({k: TRAINER_LOSS_DEFAULTS.get(k, v) for k, v in names.items()})
+    return out
+
+
+def loss_arguments(loss: Mapping[str, Any]) -> dict[type, dict[str, Any]]:
+    """Split a resolved ``loss`` section into ``{LossClass: kwargs}`` (trainer keys such as
+    ``contrast`` left out); the wired arguments (num_classes, ignore_index, dim, contrast)
+    are the caller's to add."""
+    return {cls: {k: loss[k] for k in names} for cls, names in _loss_keys().items()}
 
 
 DEFAULTS: dict[str, Any] = {
@@ -76,23 +159,7 @@ DEFAULTS: dict[str, Any] = {
         "options": {},                 # extra keyword arguments of build_model
         "sync_bn": True,               # SyncBatchNorm under torch.distributed
     },
-    "loss": {
-        "contrast": True,              # False: plain cross-entropy (+aux)
-        "loss_weight": 0.1,
-        "warmup_iters": 5000,          # contrast term starts here (bank fed before)
-        "temperature": 0.1,
-        "base_temperature": 0.07,
-        "max_samples": 1024,
-        "max_views": 100,
-        "memory_size": 5000,           # per class per queue; 0 = no memory bank
-        "pixels_per_update": 10,
-        "include_anchors": False,
-        "aux_weight": 0.4,
-        "ohem": False,
-        "ohem_thresh": 0.7,
-        "ohem_min_kept": 100000,
-        "backend": "auto",
-    },
+    "loss": loss_defaults(),           # contrast + the loss constructors' arguments
     "optim": {
         "lr": 0.01,
         "momentum": 0.9,

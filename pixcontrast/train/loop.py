@@ -1,8 +1,10 @@
-"""Training engine of the reference trainer (``python -m pixcontrast.train``).
+"""The training loop of the reference trainer (``python -m pixcontrast.train``).
 
-One :class:`Trainer` owns the model (``build_model``), ``ContrastCELoss`` (with its memory
-bank), SGD with a poly LR (optional linear warm-up, a multiplier for the heads), optional
-AMP and gradient clipping, periodic validation, checkpoints and logs.
+One :class:`Trainer` owns the model, ``ContrastCELoss`` (with its memory bank), SGD with a
+poly LR (optional linear warm-up, a multiplier for the heads), optional AMP and gradient
+clipping, periodic validation, checkpoints and logs. What it holds is built from the config
+by :mod:`pixcontrast.train.builders`; checkpoints are written and read by
+:mod:`pixcontrast.train.checkpoint`.
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, grad scaler, loss state
 (the memory bank), every rank's RNG states (torch, CUDA, numpy, random) and the iteration.
@@ -29,128 +31,16 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
-from pixcontrast.data import build_dataset
-from pixcontrast.distributed import (ResumableSampler, ShardSampler, barrier,
-                                     convert_cpu_sync_batchnorm, init_distributed)
-from pixcontrast.inference import evaluate_model
-from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
+from pixcontrast.train.builders import (build_criterion, build_loaders, build_model_from_config,
+                                        build_optimizer, build_scheduler, resolve_device)
+from pixcontrast.train.checkpoint import (digest, load_checkpoint, rng_state, save_checkpoint,
+                                          set_rng_state)
+from pixcontrast.train.distributed import barrier, convert_cpu_sync_batchnorm, init_distributed
+from pixcontrast.train.inference import evaluate_model
 
-__all__ = ["Trainer", "build_model_from_config", "build_criterion", "split_head_parameters",
-           "poly_lr_lambda", "resolve_device", "load_checkpoint", "CHECKPOINT_KEYS"]
-
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "criterion", "rng",
-                   "iteration", "config", "best_miou")
-_HEAD_WORDS = ("head", "cls", "aux", "classifier", "last_layer", "ocr")
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def build_model_from_config(cfg: Mapping[str, Any]) -> nn.Module:
-    from pixcontrast.models import build_model
-
-    m = cfg["model"]
-    return build_model(m["name"], cfg["data"]["num_classes"], proj_dim=m["proj_dim"],
-                       pretrained=m["pretrained"], **(m["options"] or {}))
-
-
-def split_head_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """``(backbone, heads)`` parameter lists for the head LR multiplier.
-
-    With a ``model.backbone`` submodule: heads = everything outside it (decoder, classifier,
-    auxiliary and projection heads). Without one: heads = ``proj_head`` and every parameter
-    under a module whose name contains head/cls/aux/classifier/last_layer/ocr.
-    """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if isinstance(getattr(model, "backbone", None), nn.Module):
-        is_head = [not n.startswith("backbone.") for n, _ in named]
-    else:
-        is_head = [any(w in part for part in n.split(".")[:-1] for w in _HEAD_WORDS)
-                   for n, _ in named]
-    backbone = [p for (_, p), h in zip(named, is_head) if not h]
-    heads = [p for (_, p), h in zip(named, is_head) if h]
-    return backbone, heads
-
-
-def poly_lr_lambda(total: int, power: float = 0.9, warmup_iters: int = 0,
-                   warmup_ratio: float = 0.1):
-    """LR factor at step ``it``: ``(1 − it/total)^power``, times a linear ramp from
-    ``warmup_ratio`` to 1 over the first ``warmup_iters`` steps."""
-    def factor(it: int) -> float:
-        poly = max(0.0, 1.0 - it / total) ** power
-        if warmup_iters > 0 and it < warmup_iters:
-            poly *= warmup_ratio + (1.0 - warmup_ratio) * it / warmup_iters
-        return poly
-    return factor
-
-
-def build_criterion(cfg: Mapping[str, Any]) -> ContrastCELoss:
-    lo, d = cfg["loss"], cfg["data"]
-    on = bool(lo["contrast"]) and lo["loss_weight"] > 0
-    if on and cfg["model"]["proj_dim"] <= 0:
-        raise ValueError("loss.contrast is on but model.proj_dim is 0 (no embedding); set "
-                         "model.proj_dim > 0 or loss.contrast false")
-    contrast = PixelContrastLoss(
-        temperature=lo["temperature"], base_temperature=lo["base_temperature"],
-        max_samples=lo["max_samples"], max_views=lo["max_views"],
-        ignore_index=d["ignore_index"], num_classes=d["num_classes"],
-        memory_size=lo["memory_size"] if on else 0, pixels_per_update=lo["pixels_per_update"],
-        dim=cfg["model"]["proj_dim"] or None, include_anchors=lo["include_anchors"],
-        backend=lo["backend"])
-    return ContrastCELoss(d["num_classes"], loss_weight=lo["loss_weight"] if on else 0.0,
-                          warmup_iters=lo["warmup_iters"], aux_weight=lo["aux_weight"],
-                          ohem=lo["ohem"], ohem_thresh=lo["ohem_thresh"],
-                          ohem_min_kept=lo["ohem_min_kept"], ignore_index=d["ignore_index"],
-                          contrast=contrast)
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "random": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _digest(tensors) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """Read a trainer checkpoint; a missing or foreign file raises naming the path."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path} is not a pixcontrast trainer checkpoint (expected a dict "
-                         f"with keys {', '.join(CHECKPOINT_KEYS)})")
-    return ckpt
+__all__ = ["Trainer"]
 
 
 class _JsonlLog:
@@ -178,7 +68,7 @@ class Trainer:
                  ) -> None:
         self.cfg = cfg
         self.out = output_dir
-        t, d = cfg["train"], cfg["data"]
+        t = cfg["train"]
         kind = "cuda" if t["device"] == "cuda" or (t["device"] == "auto"
                                                    and torch.cuda.is_available()) else "cpu"
         self.rank, self.world, local_rank = init_distributed(kind)
@@ -201,17 +91,9 @@ class Trainer:
         self.model = model.to(self.device)
         self.criterion = build_criterion(cfg).to(self.device)
 
-        o = cfg["optim"]
-        backbone, heads = split_head_parameters(self.model)
-        groups = [{"params": backbone, "lr": o["lr"]},
-                  {"params": heads, "lr": o["lr"] * o["head_lr_mult"]}]
-        self.optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=o["lr"],
-                                         momentum=o["momentum"],
-                                         weight_decay=o["weight_decay"], nesterov=o["nesterov"])
+        self.optimizer = build_optimizer(self.model, cfg)
         self.total = t["iterations"]
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, poly_lr_lambda(self.total, o["poly_power"], o["warmup_iters"],
-                                           o["warmup_ratio"]))
+        self.scheduler = build_scheduler(self.optimizer, cfg)
         amp = t["amp"] or None
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
@@ -226,22 +108,11 @@ class Trainer:
             self.ddp = self.model
 
         # data: per-rank batch, seeded permutation per epoch, per-sample augmentation RNG
-        self.train_set = build_dataset(d, d["train_split"], train=True, seed=seed)
-        self.val_set = build_dataset(d, d["val_split"], train=False, seed=seed)
-        self.sampler = ResumableSampler(self.train_set, self.world, self.rank, seed)
-        self.iters_per_epoch = len(self.sampler) // d["batch_size"]
-        if self.iters_per_epoch == 0:
-            raise ValueError(f"data.batch_size={d['batch_size']} exceeds the {len(self.sampler)} "
-                             f"training samples of each of {self.world} process(es)")
-        self.train_loader = DataLoader(
-            self.train_set, batch_size=d["batch_size"], sampler=self.sampler,
-            num_workers=d["num_workers"], drop_last=True,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed))
-        self.val_loader = DataLoader(
-            self.val_set, batch_size=d["val_batch_size"],
-            sampler=ShardSampler(len(self.val_set), self.rank, self.world),
-            num_workers=d["num_workers"], generator=torch.Generator().manual_seed(seed))
+        data = build_loaders(cfg, self.rank, self.world,
+                             pin_memory=self.device.type == "cuda")
+        self.train_set, self.val_set, self.sampler = data.train_set, data.val_set, data.sampler
+        self.train_loader, self.val_loader = data.train_loader, data.val_loader
+        self.iters_per_epoch = data.iters_per_epoch
 
         self.start_iter = 0
         self.best_miou = -1.0
@@ -273,7 +144,7 @@ class Trainer:
 
     def state_dict(self, iteration: int) -> dict:
         states = [None] * self.world
-        mine = _rng_state()
+        mine = rng_state()
         if self.world > 1:
             torch.distributed.all_gather_object(states, mine)
         else:
@@ -283,12 +154,12 @@ class Trainer:
                 "criterion": self.criterion.state_dict(), "rng": states,
                 "iteration": iteration, "config": dict(self.cfg), "best_miou": self.best_miou,
                 "world_size": self.world, "bank_checksums": self._bank_checksums(),
-                "model_checksums": self._gather(_digest(self.model.state_dict().values()))}
+                "model_checksums": self._gather(digest(self.model.state_dict().values()))}
 
     def _bank_checksums(self) -> list[str]:
         """SHA-256 of the memory bank's buffers on every rank (all equal under DDP)."""
         bank = self.criterion.contrast.memory
-        return self._gather(_digest((bank.features, bank.labels, bank.pointers))
+        return self._gather(digest((bank.features, bank.labels, bank.pointers))
                             if bank is not None else "")
 
     def _gather(self, obj: Any) -> list:
@@ -317,7 +188,7 @@ class Trainer:
                   f"{self.world}: RNG streams are re-seeded, the run is not bit-exact")
             torch.manual_seed(self.cfg["seed"] + 1000 * self.rank + self.start_iter)
         else:
-            _set_rng_state(rng[self.rank])
+            set_rng_state(rng[self.rank])
         if self.start_iter >= self.total:
             print(f"checkpoint {path} is at iteration {self.start_iter} ≥ "
                   f"train.iterations={self.total}: nothing to train")
@@ -325,9 +196,7 @@ class Trainer:
     def save(self, name: str, iteration: int) -> None:
         state = self.state_dict(iteration)       # collective under DDP: every rank
         if self.main:
-            path = os.path.join(self.out, "checkpoints", name)
-            torch.save(state, path + ".tmp")
-            os.replace(path + ".tmp", path)
+            save_checkpoint(state, os.path.join(self.out, "checkpoints", name))
 
     # ------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The dense reference is checked against the paper's formula written literally."""
+"""The dense reference is checked against the paper's formula written literally, and the
+2021 dense baseline (pixcontrast.baselines, what bench_loss.py times) against the reference."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pixcontrast.baselines import unfused_pixel_contrast
-from pixcontrast.reference import pixel_contrast_reference
+from pixcontrast.infonce import pixel_contrast_reference
 from tests._oracle import IGNORE, make_case
 
 

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from pixcontrast.config import ConfigError, load_config
+from pixcontrast.train.config import ConfigError, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         last = os.path.join(out, "checkpoints", "last.pth")
         resume = last if os.path.isfile(last) else None
 
-    from pixcontrast.engine import Trainer
+    from pixcontrast.train.loop import Trainer
 
     trainer = Trainer(cfg, out, resume=resume)
     metrics = trainer.run()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pixcontrast.metrics import ConfusionMatrix
+from pixcontrast.train.metrics import ConfusionMatrix
 
 __all__ = ["predict", "slide_logits", "whole_logits", "evaluate_model"]
 
