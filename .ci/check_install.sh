@@ -74,6 +74,7 @@ import pixcontrast._C  # noqa: E402
 import pixcontrast.data  # noqa: E402, F401
 import pixcontrast.kernels  # noqa: E402
 import pixcontrast.models  # noqa: E402, F401
+import pixcontrast.train  # noqa: E402, F401
 from pixcontrast.ops import fused_pixel_contrast  # noqa: E402
 
 files = {m.__name__: os.path.realpath(m.__file__)

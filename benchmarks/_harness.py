@@ -199,13 +199,13 @@ def label_maps(batch: int, h: int, w: int, classes: int, device: str,
     return labels.to(device).contiguous(), preds.to(device).contiguous()
 
 
-def gpu_backends(device: str, cuda_ops: tuple[str, ...]) -> list[str]:
-    """Kernel backends that run on ``device``: triton on CUDA, and cuda when the extension
-    has every op of ``cuda_ops``."""
-    if device != "cuda":
-        return []
-    from pixcontrast._backends import missing_cuda_kernels
-    return ["triton"] + (["cuda"] if missing_cuda_kernels(cuda_ops) == [] else [])
+def kernel_backends(device: str, *ops) -> list[str]:
+    """The kernel backends (all but plain ``"torch"``) that every op of ``ops`` (their
+    ``BACKENDS``, pixcontrast._backends.OpBackends) can run on ``device``, as the ops' own
+    chooser answers; in the first op's order."""
+    dev = torch.device(device)
+    return [name for name in ops[0].checks if name != "torch"
+            and all(name in op.checks and not op.reasons(name, dev) for op in ops)]
 
 
 # a workload: () -> (shape description, {provider: zero-argument callable}), baseline first

@@ -80,7 +80,7 @@ GEMM_FOR_MODE = {
     ("cpu", "bfloat16"): "float32",
 }
 # The fused GPU kernels run strict fp32 as 3xTF32 on the tensor cores (three TF32 products
-# per product: DESIGN §2), not as SGEMM: their rate is that of three TF32 GEMM passes.
+# per product: docs/design.md §2.3), not as SGEMM: their rate is that of three TF32 GEMM passes.
 FUSED_GEMM_FOR_MODE = {("cuda", "float32"): "tf32x3"}
 GEMM_MODES = {  # gemm mode -> (dtype, TF32 on, passes of the two GEMMs per useful FLOP)
     "float32": ("float32", False, 1), "tf32": ("float32", True, 1),
@@ -246,8 +246,9 @@ def providers_for(device: str, wanted: list[str] | None = None) -> list[str]:
     from pixcontrast.ops import not_supported_reasons
     out = ["unfused", "unfused-compiled"]
     probe = torch.empty(1, 8, device=device)
-    out += [f"pixcontrast-{b}" for b in ("cpu", "triton", "cuda")
-            if not not_supported_reasons(b, probe)]
+    from pixcontrast.infonce import BACKENDS
+    out += [f"pixcontrast-{b}" for b in BACKENDS.checks
+            if b != "torch" and not not_supported_reasons(b, probe)]
     for p in set(wanted or []) - set(out):
         print(f"# note: provider {p} does not run on {device} here: skipped", file=sys.stderr)
     return [p for p in out if wanted is None or p in wanted]

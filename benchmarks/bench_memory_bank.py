@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as H  # noqa: E402
 
 from pixcontrast.baselines import memory_bank_update_loop_2021  # noqa: E402
+from pixcontrast.memory_bank import BACKENDS as BANK_BACKENDS  # noqa: E402
 from pixcontrast.memory_bank import MemoryBank  # noqa: E402
 
 PPU = 10
@@ -71,7 +72,7 @@ def bank_update_workload(device: str, quick: bool, dtype: str = "float32"):
     providers = {"loop-2021": lambda: memory_bank_update_loop_2021(
         loop_bank.features, loop_bank.labels, loop_bank.pointers, embed, labels, PPU,
         ignore_index=H.LABEL_IGNORE)}
-    for backend in ["torch", *H.gpu_backends(device, ("bank_write",))]:
+    for backend in ["torch", *H.kernel_backends(device, BANK_BACKENDS)]:
         check(backend, device)
         ours = bank()
         providers[f"pixcontrast-{backend}"] = (

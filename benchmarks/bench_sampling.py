@@ -36,10 +36,10 @@ import _harness as H  # noqa: E402
 
 from pixcontrast.baselines import (  # noqa: E402
     memory_bank_update_loop_2021, sample_anchors_loop_2021)
+from pixcontrast.memory_bank import BACKENDS as BANK_BACKENDS  # noqa: E402
 from pixcontrast.memory_bank import MemoryBank  # noqa: E402
+from pixcontrast.sampling import BACKENDS as SAMPLING_BACKENDS  # noqa: E402
 from pixcontrast.sampling import sample_anchors  # noqa: E402
-
-SAMPLING_OPS = ("sampling_run_histogram", "sampling_select_scatter")
 KW = dict(max_samples=1024, max_views=100, ignore_index=H.LABEL_IGNORE)
 PPU = 10
 
@@ -51,7 +51,7 @@ def sampling_workload(device: str, quick: bool):
         "loop-2021": lambda: sample_anchors_loop_2021(labels, preds, **KW),
         "pixcontrast-torch": lambda: sample_anchors(labels, preds, backend="torch", **KW),
     }
-    for backend in H.gpu_backends(device, SAMPLING_OPS):
+    for backend in H.kernel_backends(device, SAMPLING_BACKENDS):
         providers[f"pixcontrast-{backend}"] = (
             lambda backend=backend: sample_anchors(labels, preds, backend=backend, **KW))
     return f"B={b} {h}x{w} K={H.CLASSES} N=1024 V<=100", providers
@@ -81,7 +81,7 @@ def sampling_and_update_workload(device: str, quick: bool):
         return step
 
     providers = {"loop-2021": loop, "pixcontrast-torch": fused("torch")}
-    for backend in H.gpu_backends(device, (*SAMPLING_OPS, "bank_write")):
+    for backend in H.kernel_backends(device, SAMPLING_BACKENDS, BANK_BACKENDS):
         providers[f"pixcontrast-{backend}"] = fused(backend)
     return f"B={b} {h}x{w} D={d} K={H.CLASSES} N=1024 ppu={PPU}", providers
 

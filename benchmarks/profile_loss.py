@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness as H  # noqa: E402
 from bench_loss import QUICK, WORKLOADS, make_inputs, sync  # noqa: E402
 
-DEFAULT_BACKENDS = {"cuda": ["triton", "cuda"], "cpu": ["cpu"]}
+
 NAME_CHARS = 60
 
 
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     modes = list(dict.fromkeys(args.dtype or ["bfloat16"]))
     if args.device == "cpu" and "tf32" in modes:
         p.error("--dtype tf32 is a CUDA mode")
+    from pixcontrast.infonce import BACKENDS as INFONCE_BACKENDS
     from pixcontrast.ops import not_supported_reasons
 
     shape = (QUICK if args.quick else WORKLOADS)[args.workload]
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     parts = [head]
     for mode in modes:
         inputs = make_inputs(*shape, getattr(torch, H.MODES[mode][0]), args.device)
-        for b in args.backend or DEFAULT_BACKENDS[args.device]:
+        for b in args.backend or INFONCE_BACKENDS.priority[args.device]:
             reasons = not_supported_reasons(b, inputs[0])
             if reasons:
                 out["skipped"].append({"backend": b, "mode": mode, "reason": "; ".join(reasons)})

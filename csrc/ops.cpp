@@ -16,7 +16,7 @@ extern "C" PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(pixcontrast, m) {
-  // Row pass of the per-positive InfoNCE (DESIGN.md §1). Columns are the anchors
+  // Row pass of the per-positive InfoNCE (docs/design.md §1). Columns are the anchors
   // themselves (self pair excluded) when self_contrast, followed by `contrast` ([M, D],
   // M may be 0). Returns, per anchor row:
   //   row_loss [N] f32  (1/|P|) Σ_p softplus(lse − s_p); 0 without positives
@@ -43,7 +43,7 @@ TORCH_LIBRARY(pixcontrast, m) {
       "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
       "Tensor row_coef, bool allow_tf32) -> (Tensor, Tensor)");
 
-  // Anchor sampling (DESIGN.md §2; driver pixcontrast/sampling.py, CUDA kernels
+  // Anchor sampling (docs/design.md §2; driver pixcontrast/sampling.py, CUDA kernels
   // csrc/cuda/sampling.cu, Triton twins kernels/sampling.py). All tensors 1-D int64 except
   // easy/valid/kept (bool). Per class-group, the valid hard (column 0) and easy (column 1)
   // pixel counts: counts [n, 2] int64, n = B·h·w, hw = h·w.
@@ -57,7 +57,7 @@ TORCH_LIBRARY(pixcontrast, m) {
       "sampling_select_scatter(Tensor cls, Tensor easy, Tensor rank, Tensor lab, Tensor pix, "
       "Tensor pair_of_cls, Tensor kept, Tensor pair_hard, Tensor pair_easy, Tensor offset, "
       "Tensor views, Tensor(a!) out_idx, Tensor(b!) out_lab, int ignore_index) -> ()");
-  // Memory-bank write (DESIGN.md §2; driver pixcontrast/memory_bank.py): in place,
+  // Memory-bank write (docs/design.md §2; driver pixcontrast/memory_bank.py): in place,
   // features[rows[k]] = values[k] and labels[rows[k]] = entry_labels[k] for every k with
   // keep[k]. features [R, D] float, labels [R] int64, values [E, D] features' dtype,
   // rows/entry_labels [E] int64, keep [E] bool.

@@ -1,4 +1,4 @@
-"""Triton kernels of the per-positive InfoNCE (DESIGN.md §1; contract in csrc/ops.cpp).
+"""Triton kernels of the per-positive InfoNCE (docs/design.md §1; contract in csrc/ops.cpp).
 
 Two launchers, plain Python functions on tensors (pixcontrast/infonce.py wraps them as
 ``torch.library`` custom ops):

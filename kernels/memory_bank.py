@@ -1,4 +1,4 @@
-"""Triton kernel of the memory-bank write (DESIGN.md §2, "Memory bank semantics").
+"""Triton kernel of the memory-bank write (docs/design.md §2, "Memory bank semantics").
 
 ``bank_write(features, labels, values, rows, keep, entry_labels)`` scatters ``E`` entries
 into the class-sorted bank, in place:

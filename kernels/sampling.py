@@ -1,4 +1,4 @@
-"""Triton kernels of anchor sampling (DESIGN.md §2; driver in pixcontrast/sampling.py).
+"""Triton kernels of anchor sampling (docs/design.md §2; driver in pixcontrast/sampling.py).
 
 The driver sorts the pixels of each image by (label, hard/easy, random key) in PyTorch and
 computes, per sorted position, the run key ``2·label + easy``, the rank in its run and the

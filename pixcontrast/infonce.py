@@ -128,7 +128,7 @@ def pixel_contrast_reference(
     include_anchors: bool = False, reduction: str = "mean",
     compute_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Dense per-positive InfoNCE (DESIGN.md §1). Materialises ``[N, M]`` logits.
+    """Dense per-positive InfoNCE (docs/design.md §1). Materialises ``[N, M]`` logits.
 
     Equivalent, for one anchor row ``i`` (``s = â·ĉᵀ/τ``)::
 

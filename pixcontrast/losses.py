@@ -1,4 +1,4 @@
-"""nn losses: the pixel contrast term and cross-entropy + contrast (DESIGN.md §2).
+"""nn losses: the pixel contrast term and cross-entropy + contrast (docs/design.md §2).
 
 ``PixelContrastLoss`` turns a segmentation batch into the fused op's inputs: labels and
 predictions at the embedding grid, segmentation-aware hard anchor sampling, then the

@@ -1,4 +1,4 @@
-"""Class-keyed memory bank of the pixel contrastive loss (DESIGN.md §2).
+"""Class-keyed memory bank of the pixel contrastive loss (docs/design.md §2).
 
 Per class ``c`` two FIFO rings of ``size`` rows each: queue 0 holds *segment* entries (the
 L2-normalised mean embedding of class ``c`` in one image), queue 1 holds *pixel* entries

@@ -1,4 +1,4 @@
-"""Segmentation-aware hard anchor sampling (DESIGN.md §2, "Anchor sampling rules").
+"""Segmentation-aware hard anchor sampling (docs/design.md §2, "Anchor sampling rules").
 
 ``sample_anchors(labels, predictions, *, max_samples=1024, max_views=100, ignore_index=-1,
 generator=None, backend="auto") -> (indices, anchor_labels)``

@@ -1,4 +1,4 @@
-"""sample_anchors against a literal Python-loop oracle of DESIGN.md §2's rule.
+"""sample_anchors against a literal Python-loop oracle of docs/design.md §2's rule.
 
 The samples are random, so the tests check what the rule fixes: which (image, class) pairs
 are sampled, how many hard and easy pixels each gets, that every pixel is real, distinct and

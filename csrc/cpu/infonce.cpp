@@ -1,4 +1,4 @@
-// C++ CPU kernels of the per-positive InfoNCE (DESIGN.md §1; schemas in csrc/ops.cpp).
+// C++ CPU kernels of the per-positive InfoNCE (docs/design.md §1; schemas in csrc/ops.cpp).
 //
 //   infonce_forward           one tiled pass over the columns for the negatives (online
 //                             log-sum-exp and, flash-attention style, the softmax-weighted

@@ -1,5 +1,5 @@
 // Fused per-positive InfoNCE on CUDA: forward (row pass) and column backward.
-// Contract and algorithm: csrc/cuda/infonce.h, DESIGN.md §1. Only CUDA headers.
+// Contract and algorithm: csrc/cuda/infonce.h, docs/design.md §1. Only CUDA headers.
 //
 // Block structure (every kernel: 256 threads = 8 warps):
 // * Shared memory holds one row tile [BN, DP] and one column tile [BM, DP] in the operand

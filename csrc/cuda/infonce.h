@@ -1,4 +1,4 @@
-// Framework-free launchers of the fused per-positive InfoNCE on CUDA (DESIGN.md §1).
+// Framework-free launchers of the fused per-positive InfoNCE on CUDA (docs/design.md §1).
 //
 // Only CUDA headers: csrc/cuda/infonce.cu compiles with plain nvcc; the torch glue is
 // csrc/cuda/infonce_binding.cpp. The contract of the two ops is the one of csrc/ops.cpp

@@ -1,4 +1,4 @@
-// Framework-free launcher of the memory-bank write on CUDA (DESIGN.md §2, "Memory bank
+// Framework-free launcher of the memory-bank write on CUDA (docs/design.md §2, "Memory bank
 // semantics"). It mirrors the Triton kernel of kernels/memory_bank.py; the driver is
 // pixcontrast/memory_bank.py::MemoryBank._enqueue.
 //

@@ -1,4 +1,4 @@
-// Framework-free launchers of the anchor-sampling kernels on CUDA (DESIGN.md §2, "Anchor
+// Framework-free launchers of the anchor-sampling kernels on CUDA (docs/design.md §2, "Anchor
 // sampling rules"). They mirror the Triton kernels of kernels/sampling.py exactly; the
 // driver is pixcontrast/sampling.py::_sample, which sorts the pixels of each image by
 // (label, hard/easy, random key) in PyTorch and computes, per sorted position p of the
@@ -44,7 +44,7 @@ cudaError_t sampling_run_histogram(const int64_t* run_key, const int64_t* rank,
 //   out_idx / out_lab: [out_size] int64, written only at selected rows.
 //
 // Per pixel of a kept pair (label != ignore_index): the pair's quotas from the rule
-// (DESIGN.md §2, `sampling_quotas`), selected when rank < its set's quota, stored at row
+// (docs/design.md §2, `sampling_quotas`), selected when rank < its set's quota, stored at row
 // offset + (hard quota if easy) + rank. Selected rows are distinct by construction, so the
 // stores never collide; rows outside [0, out_size) are dropped (they cannot occur for the
 // driver's inputs; the guard keeps a bad input from writing out of bounds).

@@ -22,7 +22,7 @@ namespace {
 
 using namespace pixcontrast_test;
 
-// The quota rule in the words of DESIGN.md §2 (x >= V/2 as a real comparison).
+// The quota rule in the words of docs/design.md §2 (x >= V/2 as a real comparison).
 void quota(int64_t hard, int64_t easy, int64_t v, int64_t* q_hard, int64_t* q_easy) {
   if (hard >= v / 2.0 && easy >= v / 2.0) {
     *q_hard = v / 2;
