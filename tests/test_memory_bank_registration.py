@@ -3,32 +3,15 @@ their fake kernels and mutations, checked on the CPU."""
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 import pixcontrast.memory_bank  # noqa: F401  (registers the fake kernel and the Triton op)
 
+from tests._registration import check_schema
+
 SCHEMA = ("pixcontrast::bank_write(Tensor(a!) features, Tensor(b!) labels, Tensor values, "
           "Tensor rows, Tensor keep, Tensor entry_labels) -> ()")
 
-
-def canonical(schema: str) -> str:
-    """Alias names and SymInt as the C++ schemas write them (custom_op infers SymInt and
-    numbered aliases)."""
-    return re.sub(r"\(\w+!\)", "(!)", schema.replace("SymInt", "int"))
-
-
-def check_schema(name: str, schema: str, mutated: list[str]) -> None:
-    op = getattr(torch.ops.pixcontrast, name).default
-    assert str(op._schema) == schema
-    # In-place ops are declared mutable (alias annotations), so functionalisation and
-    # torch.compile know what they write.
-    assert [a.name for a in op._schema.arguments
-            if a.alias_info is not None and a.alias_info.is_write] == mutated
-    # The Triton launcher is a torch.library op of the same signature.
-    triton_op = getattr(torch.ops.pixcontrast, name + "_triton").default
-    assert canonical(str(triton_op._schema).replace("_triton(", "(")) == canonical(schema)
 
 
 def test_schema():

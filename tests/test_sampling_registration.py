@@ -3,12 +3,12 @@ fake kernels and mutations, checked on the CPU."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
 import pixcontrast.sampling  # noqa: F401  (registers the fake kernels and the Triton ops)
+
+from tests._registration import check_schema
 
 SCHEMAS = {
     "sampling_run_histogram":
@@ -22,23 +22,6 @@ SCHEMAS = {
 }
 MUTATED = {"sampling_run_histogram": [], "sampling_select_scatter": ["out_idx", "out_lab"]}
 
-
-def canonical(schema: str) -> str:
-    """Alias names and SymInt as the C++ schemas write them (custom_op infers SymInt and
-    numbered aliases)."""
-    return re.sub(r"\(\w+!\)", "(!)", schema.replace("SymInt", "int"))
-
-
-def check_schema(name: str, schema: str, mutated: list[str]) -> None:
-    op = getattr(torch.ops.pixcontrast, name).default
-    assert str(op._schema) == schema
-    # In-place ops are declared mutable (alias annotations), so functionalisation and
-    # torch.compile know what they write.
-    assert [a.name for a in op._schema.arguments
-            if a.alias_info is not None and a.alias_info.is_write] == mutated
-    # The Triton launcher is a torch.library op of the same signature.
-    triton_op = getattr(torch.ops.pixcontrast, name + "_triton").default
-    assert canonical(str(triton_op._schema).replace("_triton(", "(")) == canonical(schema)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))

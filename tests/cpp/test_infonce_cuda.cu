@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda/infonce.h"
+#include "test_util.h"
 
 using pixcontrast::cuda::InfonceForwardOutputs;
 using pixcontrast::cuda::InfonceRows;
@@ -23,22 +24,12 @@ namespace {
 
 constexpr int64_t kIgnore = -1;
 
-#define CHECK_CUDA(expr)                                                              \
-  do {                                                                                \
-    cudaError_t err_ = (expr);                                                        \
-    if (err_ != cudaSuccess) {                                                        \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,              \
-                   cudaGetErrorString(err_));                                         \
-      std::exit(1);                                                                   \
-    }                                                                                 \
-  } while (0)
-
 template <class T>
 T* to_device(const std::vector<T>& host) {
   T* ptr = nullptr;
-  CHECK_CUDA(cudaMalloc(&ptr, std::max<size_t>(host.size(), 1) * sizeof(T)));
+  CUDA_OK(cudaMalloc(&ptr, std::max<size_t>(host.size(), 1) * sizeof(T)));
   if (!host.empty()) {
-    CHECK_CUDA(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   }
   return ptr;
 }
@@ -46,7 +37,7 @@ T* to_device(const std::vector<T>& host) {
 template <class T>
 std::vector<T> to_host(const T* ptr, size_t count) {
   std::vector<T> host(count);
-  if (count) CHECK_CUDA(cudaMemcpy(host.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
+  if (count) CUDA_OK(cudaMemcpy(host.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
   return host;
 }
 
@@ -253,9 +244,9 @@ void run_case(int64_t n, int64_t m, int64_t d, bool self_contrast, bool bf16, in
   for (int k = 0; k < 4; ++k) outs.push_back(to_device(std::vector<float>(n)));
   float* row_grad = to_device(std::vector<float>(n * d));
   InfonceForwardOutputs out{outs[0], outs[1], outs[2], outs[3], row_grad};
-  CHECK_CUDA(pixcontrast::cuda::infonce_forward(rows, segs.data(), int(segs.size()), slots, true,
+  CUDA_OK(pixcontrast::cuda::infonce_forward(rows, segs.data(), int(segs.size()), slots, true,
                                                 ws_s, ws_v, out, nullptr));
-  CHECK_CUDA(cudaDeviceSynchronize());
+  CUDA_OK(cudaDeviceSynchronize());
 
   // bf16: the former bound (3e-2 of max(|want|, 1% of the scale)). fp32 (3xTF32 on the tensor
   // cores): tests/_oracle.py's model, 2e-5 + 3·ceil(D/8)·2^-23 of the scale at τ = 0.1.
@@ -270,15 +261,15 @@ void run_case(int64_t n, int64_t m, int64_t d, bool self_contrast, bool bf16, in
   // Column backward with row_coef = p.coef (the reference used the same coefficients).
   float* coef_dev = to_device(p.coef);
   float* grad_c = to_device(std::vector<float>(m * d));
-  CHECK_CUDA(pixcontrast::cuda::infonce_backward_columns(rows, segs.back(), outs[1], outs[2],
+  CUDA_OK(pixcontrast::cuda::infonce_backward_columns(rows, segs.back(), outs[1], outs[2],
                                                          coef_dev, grad_c, nullptr));
   float* grad_a = nullptr;
   if (self_contrast) {
     grad_a = to_device(std::vector<float>(n * d));
-    CHECK_CUDA(pixcontrast::cuda::infonce_backward_columns(rows, segs.front(), outs[1], outs[2],
+    CUDA_OK(pixcontrast::cuda::infonce_backward_columns(rows, segs.front(), outs[1], outs[2],
                                                            coef_dev, grad_a, nullptr));
   }
-  CHECK_CUDA(cudaDeviceSynchronize());
+  CUDA_OK(cudaDeviceSynchronize());
   expect_close("grad_contrast", to_host(grad_c, m * d), ref.grad_c, rtol, atol, scale_rtol);
   if (self_contrast)
     expect_close("grad_anchor_columns", to_host(grad_a, n * d), ref.grad_a_cols, rtol, atol,

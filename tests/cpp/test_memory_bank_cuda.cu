@@ -76,13 +76,7 @@ void bank_case(std::mt19937_64& rng, int64_t num_rows, int64_t dim, int64_t num_
 }  // namespace
 
 int main(int argc, char** argv) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("test_memory_bank_cuda: no CUDA device, skipping\n");
-    return 77;
-  }
-  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
-  std::printf("test_memory_bank_cuda: seed %llu\n", static_cast<unsigned long long>(seed));
+  const uint64_t seed = seed_or_skip("test_memory_bank_cuda", argc, argv);
   std::mt19937_64 rng(seed);
   for (int64_t dim : {1, 7, 128, 300}) {
     bank_case<float>(rng, 50, dim, 40, "float");
@@ -94,11 +88,5 @@ int main(int argc, char** argv) {
   CUDA_OK(pixcontrast::cuda::bank_write<float>(nullptr, 4, nullptr, 10, nullptr, 4, nullptr,
                                                nullptr, nullptr, 0, 4, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  if (g_failures) {
-    std::fprintf(stderr, "test_memory_bank_cuda: %d mismatch(es), seed %llu\n", g_failures,
-                 static_cast<unsigned long long>(seed));
-    return 1;
-  }
-  std::printf("test_memory_bank_cuda: all checks passed\n");
-  return 0;
+  return finish("test_memory_bank_cuda", seed);
 }

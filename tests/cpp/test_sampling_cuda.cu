@@ -171,13 +171,7 @@ void sampling_case(std::mt19937_64& rng, int64_t images, int64_t hw, int64_t max
 }  // namespace
 
 int main(int argc, char** argv) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("test_sampling_cuda: no CUDA device, skipping\n");
-    return 77;
-  }
-  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
-  std::printf("test_sampling_cuda: seed %llu\n", static_cast<unsigned long long>(seed));
+  const uint64_t seed = seed_or_skip("test_sampling_cuda", argc, argv);
   std::mt19937_64 rng(seed);
 
   // images, hw, max_samples, max_views, ignore_index
@@ -200,11 +194,5 @@ int main(int argc, char** argv) {
                                                     nullptr, 0, 1, nullptr, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
 
-  if (g_failures) {
-    std::fprintf(stderr, "test_sampling_cuda: %d mismatch(es), seed %llu\n", g_failures,
-                 static_cast<unsigned long long>(seed));
-    return 1;
-  }
-  std::printf("test_sampling_cuda: all checks passed\n");
-  return 0;
+  return finish("test_sampling_cuda", seed);
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <vector>
 
 namespace pixcontrast_test {
@@ -56,5 +57,29 @@ struct Device {
 using Flags = std::vector<uint8_t>;
 inline const bool* as_bool(const Device<uint8_t>& d) { return reinterpret_cast<const bool*>(d.ptr); }
 
+
+// The start of every test program: exit 77 (CTest's skip) without a CUDA device, else a
+// generator seeded from argv[1] or at random, the seed printed to reproduce a failure.
+inline uint64_t seed_or_skip(const char* name, int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("%s: no CUDA device, skipping\n", name);
+    std::exit(77);
+  }
+  const uint64_t seed = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::random_device{}();
+  std::printf("%s: seed %llu\n", name, static_cast<unsigned long long>(seed));
+  return seed;
+}
+
+// The end of every test program: 0 when nothing mismatched, else 1 with the seed.
+inline int finish(const char* name, uint64_t seed) {
+  if (g_failures) {
+    std::fprintf(stderr, "%s: %d mismatch(es), seed %llu\n", name, g_failures,
+                 static_cast<unsigned long long>(seed));
+    return 1;
+  }
+  std::printf("%s: all checks passed\n", name);
+  return 0;
+}
 
 }  // namespace pixcontrast_test
