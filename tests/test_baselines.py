@@ -1,7 +1,7 @@
 """pixcontrast.baselines: the 2021 procedures that the benchmarks time the library against.
 
 Whether each baseline computes what the library computes is checked beside that op's
-oracle: ``unfused_pixel_contrast`` in test_reference.py, ``sample_anchors_loop_2021`` in
+oracle: ``unfused_pixel_contrast`` in test_infonce_reference.py, ``sample_anchors_loop_2021`` in
 test_sampling.py, ``memory_bank_update_loop_2021`` in test_memory_bank.py. Here: nothing in
 the library uses them, the benchmarks that time them run, and the benchmarks stay
 self-contained (no script imports another, no test loads one by its path).
