@@ -35,6 +35,7 @@ from pixcontrast._backends import (
     OpBackends, cuda_matmul_allows_tf32, cuda_reasons, missing_cuda_kernels, runs_anywhere,
     triton_reasons,
 )
+from pixcontrast._checks import assert_finite
 from pixcontrast._extension import extension_available, has_kernels
 
 __all__ = ["fused_pixel_contrast", "not_supported_reasons", "BACKENDS",
@@ -191,6 +192,14 @@ def _make_autograd(backward_columns: Callable[..., tuple[Tensor, Tensor]], n_ext
         ctx.args = (self_contrast, inv_temperature, ignore_index, normalize, need_grad, extra)
 
     def backward(ctx, grad_row_loss, *unused):
+        if torch.is_grad_enabled():
+            # create_graph=True (e.g. a gradient penalty): the gradients below come from
+            # per-row terms saved in the forward, not from a differentiable formula, so
+            # their own gradient would silently be 0. Refuse instead.
+            raise RuntimeError(
+                "pixcontrast: fused_pixel_contrast does not support double backward "
+                "(backward with create_graph=True) through its fused kernels; use "
+                "backend='torch' (the dense reference) for higher-order gradients")
         (anchors, labels, contrast, contrast_labels, lse, pos_sig, num_pos,
          row_grad) = ctx.saved_tensors
         self_contrast, inv_temperature, ignore_index, normalize, need_grad, extra = ctx.args
@@ -395,15 +404,6 @@ def _check_inputs(anchors, labels, contrast, contrast_labels, temperature, base_
     BACKENDS.validate_name(backend)
 
 
-def _assert_finite(name: str, x: Tensor) -> None:
-    # Sync-free: raises at once on CPU; on CUDA a device-side assert, so a NaN in the
-    # inputs stops the step instead of silently poisoning the weights. The max-abs norm is
-    # one reduction that propagates NaN and Inf; torch.isfinite(x).all() would allocate
-    # ~1.7× the bank in temporaries (325 MB at the paper's bank size).
-    peak = torch.linalg.vector_norm(x.detach(), ord=math.inf)
-    torch._assert_async(torch.isfinite(peak), f"pixcontrast: {name} contains NaN or Inf")
-
-
 def fused_pixel_contrast(
     anchors: Tensor,
     labels: Tensor,
@@ -460,9 +460,9 @@ def fused_pixel_contrast(
         anchors = anchors.to(contrast.dtype)
     name = BACKENDS.choose(backend, anchors.device, anchors, contrast)
     if check_finite:
-        _assert_finite("anchors", anchors)
+        assert_finite(anchors, "pixcontrast: anchors contains NaN or Inf")
         if contrast is not None:
-            _assert_finite("contrast", contrast)
+            assert_finite(contrast, "pixcontrast: contrast contains NaN or Inf")
     if name == "torch":
         return pixel_contrast_reference(
             anchors, labels, contrast, contrast_labels, temperature=temperature,

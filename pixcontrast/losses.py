@@ -163,6 +163,12 @@ class ContrastCELoss(nn.Module):
         self.num_classes, self.loss_weight, self.warmup_iters = num_classes, loss_weight, warmup_iters
         self.aux_weight, self.ohem, self.ignore_index = aux_weight, ohem, ignore_index
         self.ohem_thresh, self.ohem_min_kept = ohem_thresh, ohem_min_kept
+        if contrast is not None and contrast.ignore_index != ignore_index:
+            # The contrast term would take the other label for a class (and its bank's
+            # never-written slots would count as one): one ignore_index for the whole loss.
+            raise ValueError(f"ContrastCELoss: ignore_index={ignore_index} but its contrast "
+                             f"module has ignore_index={contrast.ignore_index}; build "
+                             f"PixelContrastLoss(ignore_index={ignore_index}, ...)")
         self.contrast = contrast if contrast is not None else PixelContrastLoss(
             ignore_index=ignore_index)
 

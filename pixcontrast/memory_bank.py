@@ -46,6 +46,7 @@ from torch import Tensor
 from pixcontrast._backends import (
     OpBackends, cuda_reasons, missing_cuda_kernels, runs_anywhere, triton_reasons,
 )
+from pixcontrast._checks import assert_finite
 from pixcontrast._extension import extension_available
 
 __all__ = ["MemoryBank"]
@@ -283,6 +284,8 @@ class MemoryBank(torch.nn.Module):
         """
         self._check_update_inputs(embeddings, labels)
         name = self._choose_backend(backend)
+        # Refused here, not at the next loss call that would read the stored NaN.
+        assert_finite(embeddings, "MemoryBank.update: embeddings contain NaN or Inf")
         segment, pixel, counts, picks = self._entries(embeddings, labels, generator)
         world = _distributed_world()
         if world > 1:

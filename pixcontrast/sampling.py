@@ -183,6 +183,11 @@ def sample_anchors(labels: Tensor, predictions: Tensor, *, max_samples: int = 10
     """
     _check_inputs(labels, predictions, max_samples, max_views, backend)
     backend = BACKENDS.choose(backend, labels.device)
+    if labels.dtype == torch.int64 and labels.numel():
+        # The sort key is 2·label + easy in int64: |label| ≥ 2^62 would wrap. Refused
+        # without a host synchronisation (a device-side assert on CUDA).
+        torch._assert_async(((labels >= -2**62) & (labels < 2**62)).all(),
+                            "sample_anchors: labels must lie in [-2^62, 2^62)")
     return _sample(labels, predictions, max_samples, max_views, ignore_index, generator,
                    kernels=backend)
 

@@ -215,3 +215,41 @@ def test_bank_may_change_in_place_after_forward(backend, mode):
     bank_labels.add_(1)
     (loss * up).backward()
     assert_matches((loss.detach(), a.grad, None), ref, *fp32_tol(0.1))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("n,m", [(0, 7), (5, 0), (0, 0), (0, None)])
+def test_empty_inputs_give_zero_loss_and_zero_gradients(backend, n, m):
+    """No anchors or an empty contrast set: loss 0 and zero gradients of the right shapes
+    (the finite check included: an empty tensor has no inf-norm)."""
+    a = torch.randn(n, 12, requires_grad=True)
+    y = torch.randint(0, 3, (n,))
+    c = None if m is None else torch.randn(m, 12, requires_grad=True)
+    z = None if m is None else torch.randint(0, 3, (m,))
+    loss = fused_pixel_contrast(a, y, c, z, backend=backend)
+    loss.backward()
+    assert loss.item() == 0
+    assert a.grad.shape == a.shape and torch.count_nonzero(a.grad) == 0
+    if c is not None:
+        assert c.grad is None or (c.grad.shape == c.shape and torch.count_nonzero(c.grad) == 0)
+    per_row = fused_pixel_contrast(a.detach(), y, c, z, backend=backend, reduction="none")
+    assert per_row.shape == (n,)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_double_backward_is_refused_not_silently_zero(backend):
+    """The fused kernels' first-order gradient is not differentiable again: asking for it
+    (create_graph=True, e.g. a gradient penalty) raises instead of returning zeros; the dense
+    backend gives the true second-order gradient."""
+    case = make_case("bank", n=9, m=23, d=8)
+    a = case.anchors.clone().requires_grad_()
+    loss = fused_pixel_contrast(a, case.labels, case.contrast, case.contrast_labels,
+                                backend=backend, **case.kwargs())
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        torch.autograd.grad(loss, a, create_graph=True)
+    a64 = case.anchors.double().requires_grad_()
+    dense = fused_pixel_contrast(a64, case.labels, case.contrast.double(),
+                                 case.contrast_labels, backend="torch", **case.kwargs())
+    (g,) = torch.autograd.grad(dense, a64, create_graph=True)
+    (gg,) = torch.autograd.grad(g.pow(2).sum(), a64)
+    assert torch.count_nonzero(gg) > 0

@@ -124,6 +124,18 @@ def seg_outputs(b=2, k=4, h=8, w=10, d=12, aux=True, embed=True):
     return out
 
 
+def test_one_ignore_index_for_the_whole_loss():
+    """A contrast module with another ignore_index would take the CE's ignored label for a
+    class (and its bank's never-written slots with it): refused, naming both."""
+    with pytest.raises(ValueError, match="ignore_index=255 but its contrast module has "
+                                         "ignore_index=-1"):
+        ContrastCELoss(num_classes=3, ignore_index=255, contrast=PixelContrastLoss())
+    loss = ContrastCELoss(num_classes=3, ignore_index=255,
+                          contrast=PixelContrastLoss(ignore_index=255, num_classes=3, dim=4,
+                                                     memory_size=5))
+    assert loss.contrast.memory.ignore_index == 255
+    assert ContrastCELoss(num_classes=3, ignore_index=255).contrast.ignore_index == 255
+
 def test_ce_aux_and_contrast_after_warmup(fresh_seed):
     labels = blobs(h=16, w=20)
     out = seg_outputs()

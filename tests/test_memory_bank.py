@@ -287,6 +287,22 @@ def test_benchmark_loop_baseline_matches_the_oracle():
     check_pixels(bank, pix, atol=1e-6)
 
 
+def test_update_refuses_nan_and_inf_embeddings():
+    """A NaN or Inf is refused at update, naming the argument, and the bank is unchanged
+    (before: stored silently, reported only by the next loss call)."""
+    bank = MemoryBank(3, 8, size=10, ignore_index=IGNORE)
+    emb, labels = make_batch(2, 8, 4, 5, 3)
+    before = {n: t.clone() for n, t in bank.state_dict().items()}
+    for bad in (float("nan"), float("inf")):
+        broken = emb.clone()
+        broken[1, 3, 2, 1] = bad
+        with pytest.raises(RuntimeError, match="MemoryBank.update: embeddings contain NaN"):
+            bank.update(broken, labels)
+        for name, buf in bank.state_dict().items():
+            assert torch.equal(buf, before[name]), name
+    bank.update(emb, labels)  # finite embeddings still go in
+    assert (bank.labels != IGNORE).any()
+
 # ------------------------------------------------------------------------------------
 # Validation
 # ------------------------------------------------------------------------------------

@@ -331,6 +331,19 @@ def test_torch_compile_fullgraph():
         labels, preds = make_maps(2, 9, 10, 6, 255)
 
 
+def test_labels_beyond_2_62_are_refused():
+    """The sort key 2·label + easy would wrap past 2^62: such labels are refused (without
+    a host sync; on the CPU the assert fires at once) instead of sampled as other classes."""
+    labels = torch.randint(0, 3, (2, 6, 6))
+    ok = labels.clone()
+    ok[0, 0, 0] = 2**62 - 1
+    sample_anchors(ok, ok, max_samples=8, max_views=2)
+    for bad in (2**62, -(2**62) - 5):
+        huge = labels.clone()
+        huge[1, 2, 3] = bad
+        with pytest.raises(RuntimeError, match=r"labels must lie in \[-2\^62, 2\^62\)"):
+            sample_anchors(huge, labels, max_samples=8, max_views=2)
+
 def test_validation_errors_name_the_argument():
     labels = torch.randint(0, 3, (2, 4, 4))
     preds = torch.randint(0, 3, (2, 4, 4))
