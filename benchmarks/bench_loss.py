@@ -38,6 +38,7 @@ import argparse
 import concurrent.futures
 import datetime
 import json
+import math
 import os
 import sys
 import time
@@ -385,39 +386,112 @@ def roofline_warnings(records: list[dict]) -> list[str]:
             for r in records if (r.get("roofline_fraction") or 0) > ROOFLINE_WARN]
 
 
-def plot(records: list[dict], path: str) -> None:
+def plot_layout(records: list[dict]) -> dict:
+    """What --plot draws, decided from the records alone.
+
+    With a ``sweep`` (one N, M varied): time and memory against M, one line per provider and
+    mode, the sweep's rows only, labelled with the sweep's N and D (other workloads have
+    other N or a single M: a line through them would mix shapes). Without one (the default
+    paper-bank + paper-mem-config: two N, one M): nothing varies along an axis, so one
+    group of bars per workload, labelled with its own N and M, one bar per provider and mode.
+    """
+    sweep = [r for r in records if r["workload"] == "sweep"]
+    if sweep:
+        ns, ds = sorted({r["N"] for r in sweep}), sorted({r["D"] for r in sweep})
+        return {"kind": "lines", "rows": sweep,
+                "xlabel": f"contrast rows M (N = {', '.join(map(str, ns))}, "
+                          f"D = {', '.join(map(str, ds))})",
+                "left_out": sorted({r["workload"] for r in records} - {"sweep"})}
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["workload"], []).append(r)
+    labels = {}
+    for wl, rs in groups.items():
+        r = rs[0]
+        labels[wl] = (f"{wl}\nself-contrast N = {r['N']}, D = {r['D']}" if r["self_contrast"]
+                      else f"{wl}\nN = {r['N']}, M = {r['M']:,}, D = {r['D']}")
+    return {"kind": "bars", "groups": groups, "group_labels": labels, "left_out": []}
+
+
+def plot(records: list[dict], path: str) -> dict:
+    """Write the PNG (see plot_layout); returns the layout with the plotted points."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in records if r["workload"] == "sweep"] or [
-        r for r in records if not r.get("self_contrast")]
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    series: dict[str, list[dict]] = {}
-    for r in rows:
-        series.setdefault(f"{r['provider']} ({r['mode']})", []).append(r)
-    for label, rs in sorted(series.items()):
-        ok = sorted((r for r in rs if r["status"] == "ok"), key=lambda r: r["M"])
-        if ok:
-            ax_t.plot([r["M"] for r in ok], [r["fwd_bwd_ms"] for r in ok], "o-", label=label)
-            ax_m.plot([r["M"] for r in ok], [max(r["peak_mem_mb"], 0.1) for r in ok], "o-",
-                      label=label)
-        for r in rs:
-            if r["status"] != "ok":
-                ax_t.annotate(r["status"], (r["M"], ax_t.get_ylim()[1]), fontsize=7)
-    n = rows[0]["N"] if rows else "?"
-    for ax, ylabel in ((ax_t, "forward + backward [ms]"), (ax_m, "peak extra memory [MB]")):
-        ax.set_xscale("log")
+    layout = plot_layout(records)
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.6))
+    axes = ((ax_t, "fwd_bwd_ms", "forward + backward [ms]"),
+            (ax_m, "peak_mem_mb", "peak extra memory [MB]"))
+    for ax, _, _ in axes:
         ax.set_yscale("log")
-        ax.set_xlabel(f"contrast rows M (N = {n}, D = 256)")
+    points: dict[str, dict[str, list]] = {"fwd_bwd_ms": {}, "peak_mem_mb": {}}
+    label_of = lambda r: f"{r['provider']} ({r['mode']})"  # noqa: E731
+    # series in the table's order: providers as PROVIDERS lists them, then modes
+    order = {label_of(r): (PROVIDERS.index(r["provider"]) if r["provider"] in PROVIDERS
+                           else len(PROVIDERS), list(H.MODES).index(r["mode"])
+                           if r["mode"] in H.MODES else len(H.MODES), label_of(r))
+             for r in records}
+    if layout["kind"] == "lines":
+        series: dict[str, list[dict]] = {}
+        for r in layout["rows"]:
+            series.setdefault(label_of(r), []).append(r)
+        for label, rs in sorted(series.items(), key=lambda kv: order[kv[0]]):
+            ok = sorted((r for r in rs if r["status"] == "ok"), key=lambda r: r["M"])
+            for ax, key, _ in axes:
+                xy = [(r["M"], max(r[key], 0.1) if key == "peak_mem_mb" else r[key])
+                      for r in ok if r[key] is not None]
+                points[key][label] = xy
+                if xy:
+                    ax.plot(*zip(*xy), "o-", label=label)
+                for r in rs:
+                    if r["status"] != "ok":
+                        ax.annotate(r["status"], (r["M"], 0.02),
+                                    xycoords=ax.get_xaxis_transform(), fontsize=7)
+        for ax, _, _ in axes:
+            ax.set_xscale("log")
+            ax.set_xlabel(layout["xlabel"])
+    else:
+        groups = layout["groups"]
+        labels = sorted({label_of(r) for rs in groups.values() for r in rs}, key=order.get)
+        width = 0.8 / max(len(labels), 1)
+        for k, label in enumerate(labels):
+            for ax, key, _ in axes:
+                xs, ys = [], []
+                for g, rs in enumerate(groups.values()):
+                    r = next((r for r in rs if label_of(r) == label), None)
+                    if r is None:
+                        continue
+                    x = g - 0.4 + width * (k + 0.5)
+                    if r["status"] == "ok" and r[key] is not None:
+                        xs.append(x)
+                        ys.append(max(r[key], 0.1) if key == "peak_mem_mb" else r[key])
+                    elif r["status"] != "ok":
+                        ax.text(x, 0.02, r["status"], transform=ax.get_xaxis_transform(),
+                                rotation=90, ha="center", va="bottom", fontsize=7)
+                points[key][label] = list(zip(xs, ys))
+                ax.bar(xs, ys, width, label=label, color=f"C{k}")
+                for x, y in zip(xs, ys):  # the value on each bar: log bars are hard to read
+                    ax.annotate(f"{y:.3g}" if y < 100 else f"{y:.0f}", (x, y), ha="center",
+                                va="bottom", fontsize=6)
+        for ax, key, _ in axes:
+            ax.set_xticks(range(len(groups)), [layout["group_labels"][wl] for wl in groups],
+                          fontsize=8)
+            ax.set_xlim(-0.6, len(groups) - 0.4)
+            ys = [y for xy in points[key].values() for _, y in xy]
+            if ys:  # bars start at the decade below the smallest, so their lengths compare
+                ax.set_ylim(10 ** math.floor(math.log10(min(ys))), max(ys) * 2)
+    for ax, _, ylabel in axes:
         ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="both", axis="y" if layout["kind"] == "bars" else "both",
+                alpha=0.3)
     ax_t.legend(fontsize=7)
-    dev = rows[0]["device_name"] if rows else ""
+    dev = records[0]["device_name"] if records else ""
     fig.suptitle(f"pixcontrast vs the unfused formulation — {dev}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return {**layout, "points": points}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -437,7 +511,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per provider call")
     p.add_argument("--json", help="write the records here")
-    p.add_argument("--plot", help="write a PNG of time and memory against M here")
+    p.add_argument("--plot", help="write a PNG here: time and peak memory against M for the "
+                                  "sweep, else bars per workload (its N, M) and provider")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -455,20 +530,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
             p.error("--dtype tf32 alone on cpu: nothing to measure")
     args.repeats = args.repeats or (3 if args.device == "cpu" else 20)
 
+    load_at_start = os.getloadavg()  # for the header: before this run adds its own load
     env = H.environment(args.device)
     cases = loss_cases(args, QUICK if args.quick else WORKLOADS)
     gemm = gemm_rates(cases, args.device)
     bandwidth = copy_bandwidth_gbs(args.device)
+    # The header goes to stdout with the table (progress lines go to stderr): the machine,
+    # what ATen's CPU kernels dispatch to, the load, versions, the GEMM rates and bandwidth.
     print(f"# {env['device_name']} · torch {env['torch']} · triton {env['triton']} · "
-          f"{env['cpu_threads']} threads · commit {env['commit']}", file=sys.stderr)
+          f"{env['cpu_threads']} threads · commit {env['commit']} · "
+          f"{datetime.date.today().isoformat()}")
+    if args.device == "cpu":
+        load = ", ".join(f"{x:.2f}" for x in load_at_start)
+        print(f"# CPU: {os.cpu_count()} logical CPUs, ATen CPU capability "
+              f"{torch.backends.cpu.get_cpu_capability()}; load average at start {load} "
+              "(1, 5, 15 min): other jobs on the cores slow every row")
     print(f"# measured GEMM rate (S = A·Cᵀ then P·C, T = {GEMM_T[args.device]}, best of 10): "
           + ", ".join(f"{m} N={n} D={d} {r:.3g} TFLOP/s" for (m, n, d), r in gemm.items())
-          + f"; copy bandwidth {bandwidth:.1f} GB/s", file=sys.stderr)
+          + f"; copy bandwidth {bandwidth:.1f} GB/s")
     print("# GEMM of each mode: " + ", ".join(
         f"{m} → {g}" for (dev, m), g in GEMM_FOR_MODE.items()
         if dev == args.device and m in args.dtype) + "".join(
         f" (fused {m}: {g})" for (dev, m), g in FUSED_GEMM_FOR_MODE.items()
-        if dev == args.device and m in args.dtype), file=sys.stderr)
+        if dev == args.device and m in args.dtype), flush=True)
+    if args.plot and "sweep" in args.workload and len(args.workload) > 1:
+        print("# note: --plot draws the sweep against M; "
+              + ", ".join(w for w in args.workload if w != "sweep")
+              + " (other N or a single M) are in the table and JSON only", file=sys.stderr)
 
     measure_memory(cases, args)
     measure_time(cases, args)

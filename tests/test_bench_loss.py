@@ -55,7 +55,13 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
     # the markdown table is on stdout, one row per record
     assert proc.stdout.count("\n| paper-") == len(records)
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "GEMM rate (S = A·Cᵀ then P·C" in proc.stderr  # the rates are in the header
+    # The header (machine, versions, GEMM rates, bandwidth) is on stdout before the table;
+    # stderr has only progress and notes.
+    header = proc.stdout[:proc.stdout.index("| workload |")]
+    assert f"torch {torch.__version__}" in header and records[0]["device_name"] in header
+    assert "GEMM rate (S = A·Cᵀ then P·C" in header and "copy bandwidth" in header
+    assert "ATen CPU capability" in header and "load average at start" in header
+    assert "GEMM rate" not in proc.stderr and header.splitlines()[0] not in proc.stderr
     assert "| mode |" in proc.stdout
 
 
@@ -120,3 +126,54 @@ def test_derive_uses_the_gemm_and_baseline_of_each_mode():
     assert 0 < len(above) < len(cases)  # the unfused rows (0.64×) are below
     flagged = bench_loss.roofline_warnings(cases)
     assert len(flagged) == len(above) and all("NOT representative" in w for w in flagged)
+
+
+def _record(workload, provider, mode, n, m, status="ok", ms=10.0, mb=20.0, self_contrast=False):
+    return {"workload": workload, "provider": provider, "mode": mode, "N": n, "M": m,
+            "D": 256, "self_contrast": self_contrast, "status": status,
+            "fwd_bwd_ms": ms if status == "ok" else None,
+            "peak_mem_mb": mb if status == "ok" else None, "device_name": "test CPU"}
+
+
+def _png(path):
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_of_the_default_workloads_is_bars_labelled_with_each_n(tmp_path):
+    # paper-bank and paper-mem-config: two N, one M. Nothing to draw against M: one group
+    # per workload with its own N, one bar per provider and mode (no vertical segments).
+    records = [_record(wl, p, mode, n, 190_000, ms=ms)
+               for wl, n in (("paper-bank", 1024), ("paper-mem-config", 120))
+               for p, mode, ms in (("unfused", "float32", 900.0),
+                                   ("pixcontrast-cpu", "float32", 100.0),
+                                   ("pixcontrast-cpu", "bfloat16", 110.0))]
+    records[0].update(status="oom", fwd_bwd_ms=None, peak_mem_mb=None)
+    got = bench_loss.plot(records, str(tmp_path / "p.png"))
+    assert _png(tmp_path / "p.png") and got["kind"] == "bars"
+    assert list(got["groups"]) == ["paper-bank", "paper-mem-config"]
+    assert "N = 1024, M = 190,000" in got["group_labels"]["paper-bank"]
+    assert "N = 120, M = 190,000" in got["group_labels"]["paper-mem-config"]
+    # one bar per (workload, provider, mode) that ran; the oom row is a label, not a bar
+    bars = got["points"]["fwd_bwd_ms"]
+    assert len(bars["unfused (float32)"]) == 1 and len(bars["pixcontrast-cpu (bfloat16)"]) == 2
+    assert sorted(y for _, y in bars["pixcontrast-cpu (float32)"]) == [100.0, 100.0]
+
+
+def test_plot_with_a_sweep_is_against_m_for_the_sweep_n_only(tmp_path, capsys):
+    records = [_record("sweep", p, "float32", 1024, m, ms=m / 100)
+               for m in (10_000, 30_000, 100_000) for p in ("unfused", "pixcontrast-cpu")]
+    records += [_record("paper-mem-config", "pixcontrast-cpu", "float32", 120, 190_000),
+                _record("batch", "pixcontrast-cpu", "float32", 1024, 1024, self_contrast=True)]
+    got = bench_loss.plot(records, str(tmp_path / "s.png"))
+    assert _png(tmp_path / "s.png") and got["kind"] == "lines"
+    assert "N = 1024" in got["xlabel"] and "120" not in got["xlabel"]
+    assert got["left_out"] == ["batch", "paper-mem-config"]
+    for series in got["points"]["fwd_bwd_ms"].values():
+        xs = [x for x, _ in series]
+        assert xs == sorted(set(xs)) == [10_000, 30_000, 100_000]  # one point per M
+
+
+def test_plot_of_self_contrast_alone_is_labelled_as_such(tmp_path):
+    got = bench_loss.plot([_record("batch", "pixcontrast-cpu", "float32", 512, 512,
+                                   self_contrast=True)], str(tmp_path / "b.png"))
+    assert got["kind"] == "bars" and "self-contrast N = 512" in got["group_labels"]["batch"]
