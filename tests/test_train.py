@@ -114,12 +114,88 @@ def test_cli_outputs_and_evaluate_reproduces(tmp_path, capsys):
     # multi-scale + flip and sliding-window inference run on the same checkpoint
     assert evaluate.main(["--config", str(out / "config.yaml"), "--checkpoint", ckpt,
                           "--eval.scales", "[0.75,1.0]", "--eval.flip", "true",
-                          "--eval.mode", "slide", "--eval.crop_size", "[24,24]"]) == 0
+                          "--eval.mode", "slide", "--eval.crop_size", "[24,24]",
+                          "--eval.stride", "16"]) == 0
     capsys.readouterr()
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        evaluate.main(["--config", SYNTHETIC, "--checkpoint", str(tmp_path / "nope.pth")])
+    # a missing checkpoint is a usage error: "error: …" naming it, exit status 2
+    assert evaluate.main(["--config", SYNTHETIC, "--checkpoint",
+                          str(tmp_path / "nope.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint not found:") and "nope.pth" in err
     assert train_main(["--config", SYNTHETIC, "--optim.lrr", "1"]) == 2
     assert "optim.lrr" in capsys.readouterr().err
+
+
+def _cli(overrides: dict) -> list[str]:
+    out = []
+    for k, v in overrides.items():
+        out += [f"--{k}", json.dumps(v)]
+    return out
+
+
+def test_run_time_errors_exit_2_naming_the_cause(tmp_path, capsys):
+    """A missing dataset, a missing or mismatched checkpoint, a device or loss backend the
+    machine lacks: ``error: …`` on stderr and exit status 2, no traceback. With a
+    Cityscapes config and no data, the first error names the data root (the data is
+    checked before the pretrained backbone file is read)."""
+    from pixcontrast.train import evaluate
+    from pixcontrast.train.__main__ import main as train_main
+
+    def fails(main, args, *words):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err, err
+        for w in words:
+            assert w in err, (w, err)
+        return err
+
+    nodata = str(tmp_path / "no_cityscapes")
+    cityscapes = os.path.join(ROOT, "configs", "cityscapes_hrnet_w48.yaml")
+    err = fails(train_main, ["--config", cityscapes, "--output-dir", str(tmp_path / "cs"),
+                             "--data.root", nodata], nodata)
+    assert "pretrained" not in err
+    fails(evaluate.main, ["--config", cityscapes, "--checkpoint", str(tmp_path / "x.pth"),
+                          "--data.root", nodata], nodata)
+
+    base = ["--config", SYNTHETIC, "--output-dir", str(tmp_path / "run")]
+    tiny = _cli({**TINY, "train.iterations": 1, "train.val_interval": 0})
+    missing = str(tmp_path / "missing.pth")
+    fails(train_main, base + tiny + ["--resume", missing], "checkpoint not found", missing)
+    # a real checkpoint, then a config it does not fit
+    assert train_main(base + tiny) == 0
+    capsys.readouterr()
+    ckpt = str(tmp_path / "run/checkpoints/last.pth")
+    other = ["--model.name", "deeplabv3_tiny"]
+    fails(train_main, base + tiny + other + ["--resume", ckpt],
+          f"checkpoint {ckpt} does not fit model 'deeplabv3_tiny'", "unexpected keys")
+    fails(evaluate.main, ["--config", SYNTHETIC, "--checkpoint", ckpt] + tiny + other,
+          f"checkpoint {ckpt} does not fit model 'deeplabv3_tiny'")
+    fails(train_main, base + tiny + ["--loss.memory_size", "7", "--resume", ckpt],
+          f"checkpoint {ckpt}: loss state does not match", "contrast.memory.features")
+    # the checkpoint holds every weight: resume and evaluate do not read model.pretrained
+    gone = ["--model.pretrained", str(tmp_path / "moved_away.pth")]
+    assert evaluate.main(["--config", SYNTHETIC, "--checkpoint", ckpt] + tiny + gone) == 0
+    assert train_main(base + tiny + gone + ["--resume", ckpt]) == 0
+    fails(train_main, base + tiny + gone, "moved_away.pth")          # a fresh run does
+    if not torch.cuda.is_available():
+        fails(train_main, base + tiny + ["--train.device", "cuda"], "'train.device'")
+        fails(train_main, base + tiny + ["--loss.backend", "cuda"], "'loss.backend'",
+              "cannot run here")
+
+
+def test_progress_bar_stays_out_of_a_redirected_log(tmp_path, capsys):
+    """train.progress on, output not a terminal (captured): no bar, no line per update;
+    the validation result is still printed."""
+    from pixcontrast.train.__main__ import main as train_main
+
+    args = ["--config", SYNTHETIC, "--output-dir", str(tmp_path / "run")]
+    assert train_main(args + _cli({**TINY, "train.iterations": 3, "train.val_interval": 3,
+                                   "train.progress": True})) == 0
+    out, err = capsys.readouterr()
+    log = out + err
+    assert "train:" not in log and "it/s" not in log and "\r" not in log, log
+    assert "iteration 3: mIoU" in out
+    assert len(log.splitlines()) <= 3, log       # the validation line and the final JSON
 
 
 def test_contrast_off_and_no_bank(tmp_path):

@@ -20,7 +20,8 @@ import os
 
 from torch import nn
 
-from pixcontrast.models._pretrained import CheckpointError, load_into, read_state_dict
+from pixcontrast.models._pretrained import (CheckpointError, load_into, read_state_dict,
+                                            state_dict_mismatch)
 from pixcontrast.models.deeplabv3 import DeepLabV3
 from pixcontrast.models.heads import PROJ_HEADS, ProjectionHead, count_parameters
 from pixcontrast.models.hrnet import HRNet, HRNetV2Seg
@@ -120,4 +121,5 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
 
 __all__ = ["build_model", "MODEL_NAMES", "model_options", "convert_sync_batchnorm",
            "CheckpointError", "ProjectionHead", "count_parameters", "read_state_dict",
+           "state_dict_mismatch",
            "DeepLabV3", "HRNetV2Seg", "HRNetOCR", "HRNet", "ResNet"]

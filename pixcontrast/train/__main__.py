@@ -8,6 +8,10 @@
 Any ``--section.key value`` sets a config key (values parsed as YAML). Writes
 ``DIR/checkpoints/{last,best}.pth``, ``DIR/log.jsonl``, ``DIR/metrics.json`` (the final
 validation) and TensorBoard events under ``DIR/tb``.
+
+A bad config, a missing dataset, a missing, damaged or mismatched checkpoint or pretrained
+file print ``error: …`` and exit with status 2 (no traceback); the config is checked when
+it loads and the data before the model is built.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import os
 import sys
 
-from pixcontrast.train.config import ConfigError, load_config
+from pixcontrast.train.config import CLI_ERRORS, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -35,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     try:
         cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
+    except CLI_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.output_dir or os.path.join(
@@ -47,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from pixcontrast.train.loop import Trainer
 
-    trainer = Trainer(cfg, out, resume=resume)
-    metrics = trainer.run()
+    try:
+        trainer = Trainer(cfg, out, resume=resume)
+        metrics = trainer.run()
+    except CLI_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if trainer.main:
         print(json.dumps({"mIoU": metrics["mIoU"], "pixel_acc": metrics["pixel_acc"],
                           "iteration": metrics["iteration"], "output_dir": out}))

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pixcontrast.data import build_dataset
 from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
-from pixcontrast.train.config import loss_arguments
+from pixcontrast.train.config import ConfigError, loss_arguments
 from pixcontrast.train.distributed import ResumableSampler, ShardSampler
 
 __all__ = ["resolve_device", "build_model_from_config", "build_criterion",
@@ -31,17 +31,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+            raise ConfigError("config key 'train.device' is 'cuda' but no CUDA device is "
+                              "available (use 'cpu' or 'auto')")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
-def build_model_from_config(cfg: Mapping[str, Any]) -> nn.Module:
+def build_model_from_config(cfg: Mapping[str, Any], pretrained: bool = True) -> nn.Module:
+    """The model of ``cfg["model"]``; ``pretrained=False`` leaves ``model.pretrained``
+    unread (the caller loads a trainer checkpoint over every weight anyway)."""
     from pixcontrast.models import build_model
 
     m = cfg["model"]
     return build_model(m["name"], cfg["data"]["num_classes"], proj_dim=m["proj_dim"],
-                       pretrained=m["pretrained"], **(m["options"] or {}))
+                       pretrained=m["pretrained"] if pretrained else None,
+                       **(m["options"] or {}))
 
 
 def build_criterion(cfg: Mapping[str, Any]) -> ContrastCELoss:
@@ -52,8 +56,8 @@ def build_criterion(cfg: Mapping[str, Any]) -> ContrastCELoss:
     lo, d = cfg["loss"], cfg["data"]
     on = bool(lo["contrast"]) and lo["loss_weight"] > 0
     if on and cfg["model"]["proj_dim"] <= 0:
-        raise ValueError("loss.contrast is on but model.proj_dim is 0 (no embedding); set "
-                         "model.proj_dim > 0 or loss.contrast false")
+        raise ConfigError("config key 'model.proj_dim' is 0 (no embedding) but loss.contrast "
+                          "is on; set model.proj_dim > 0 or loss.contrast false")
     kwargs = loss_arguments(lo)
     contrast_kw, ce_kw = kwargs[PixelContrastLoss], kwargs[ContrastCELoss]
     if not on:
@@ -136,8 +140,8 @@ def build_loaders(cfg: Mapping[str, Any], rank: int, world: int, pin_memory: boo
     sampler = ResumableSampler(train_set, world, rank, seed)
     iters_per_epoch = len(sampler) // d["batch_size"]
     if iters_per_epoch == 0:
-        raise ValueError(f"data.batch_size={d['batch_size']} exceeds the {len(sampler)} "
-                         f"training samples of each of {world} process(es)")
+        raise ConfigError(f"config key 'data.batch_size' is {d['batch_size']}, more than the "
+                          f"{len(sampler)} training samples of each of {world} process(es)")
     train_loader = DataLoader(
         train_set, batch_size=d["batch_size"], sampler=sampler,
         num_workers=d["num_workers"], drop_last=True, pin_memory=pin_memory,

@@ -5,11 +5,21 @@ scheduler, grad scaler and loss state (the memory bank), every rank's RNG states
 CUDA, numpy, random), the iteration, the resolved config and the best validation mIoU;
 the trainer adds ``world_size`` and per-rank SHA-256 checksums of the bank and the model
 (``bank_checksums``, ``model_checksums``), equal on every rank under DDP.
+
+Integrity: :func:`save_checkpoint` adds ``checksums``, the SHA-256 of every entry (each
+tensor of the model, the loss state with the bank, the optimizer state and the RNG states
+by its own name; the non-tensor rest of each top-level entry as one); :func:`load_checkpoint`
+recomputes them and refuses a damaged file with a ``CheckpointError`` (a ``ValueError``)
+naming the file and each damaged entry (``model/backbone.conv1.weight``,
+``criterion/contrast.memory.features``, ...). The functions live in
+:mod:`pixcontrast.models._pretrained`, so that ``pixcontrast.models.read_state_dict``
+verifies a trainer checkpoint too without importing the trainer. A checkpoint from before
+the per-entry checksums: its ``model_checksums`` / ``bank_checksums`` are checked when it
+has them, and it loads with a warning; one without any checksum loads with a warning.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 from collections.abc import Iterable, Mapping
@@ -18,8 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_KEYS", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
-           "rng_state", "set_rng_state", "digest"]
+from pixcontrast.models._pretrained import (CHECKSUMS_KEY, CheckpointError, checkpoint_checksums,
+                                            legacy_digest, load_file, verify_checksums)
+
+__all__ = ["CHECKPOINT_KEYS", "CheckpointError", "save_checkpoint", "load_checkpoint",
+           "verify_checkpoint", "rng_state", "set_rng_state", "digest", "checkpoint_checksums"]
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "criterion", "rng",
                    "iteration", "config", "best_miou")
@@ -33,44 +46,54 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["random"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def digest(tensors: Iterable[torch.Tensor]) -> str:
-    """SHA-256 of the tensors' bytes, in order."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    """SHA-256 of the tensors' bytes, in order (``model_checksums``, ``bank_checksums``)."""
+    return legacy_digest(tensors)
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str) -> None:
-    """Write ``state`` to ``path`` atomically (``path.tmp``, then a rename): an interrupted
-    save never leaves a truncated checkpoint behind."""
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    """Write ``state`` and its ``checksums`` to ``path`` atomically (``path.tmp``, flushed to
+    disk, then a rename): an interrupted save never leaves a truncated checkpoint behind."""
+    state = {k: v for k, v in state.items() if k != CHECKSUMS_KEY}
+    state[CHECKSUMS_KEY] = checkpoint_checksums(state)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def verify_checkpoint(ckpt: Any, path: str) -> dict:
-    """``ckpt`` if it is a trainer checkpoint (a dict with a model and a config), else
-    ``ValueError`` naming ``path``."""
+    """``ckpt`` if it is an intact trainer checkpoint (a dict with a model and a config whose
+    checksums match), else ``CheckpointError`` naming ``path`` (and the damaged entries)."""
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path} is not a pixcontrast trainer checkpoint (expected a dict "
-                         f"with keys {', '.join(CHECKPOINT_KEYS)})")
+        raise CheckpointError(f"{path} is not a pixcontrast trainer checkpoint (expected a "
+                              f"dict with keys {', '.join(CHECKPOINT_KEYS)})")
+    verify_checksums(ckpt, path)
     return ckpt
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict:
-    """Read a trainer checkpoint; a missing or foreign file raises naming the path."""
+    """Read and verify a trainer checkpoint (``torch.load(weights_only=True)``, the numpy RNG
+    state allowed); a missing file raises ``FileNotFoundError``, an unreadable, foreign or
+    damaged one ``CheckpointError``, each naming the path."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = load_file(path, map_location)
     except Exception as exc:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+        msg = str(exc)
+        if "WeightsUnpickler error:" in msg:    # the reason, not torch's advice around it
+            msg = msg.split("WeightsUnpickler error:", 1)[1]
+        why = next((x.strip() for x in msg.splitlines() if x.strip()), type(exc).__name__)
+        raise CheckpointError(f"cannot read checkpoint {path} (damaged or not a checkpoint): "
+                              f"{why}") from None
     return verify_checkpoint(ckpt, path)

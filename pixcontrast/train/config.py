@@ -16,22 +16,31 @@ default lives in one place, the loss module. The trainer adds its own switch
 ``loss.contrast`` and overrides one library default, :data:`TRAINER_LOSS_DEFAULTS`
 (``memory_size``). :func:`loss_arguments` splits a resolved section back into the two
 constructors' keyword arguments.
+
+Every value is checked when the config loads (:func:`validate`): types, ranges, known
+dataset / model / backend names and the combinations the builders need, each error a
+``ConfigError`` naming the key; the loss modules are also built on the meta device so
+their own constructor checks run then too. What depends on the machine or the files
+(the dataset folder, ``train.device: cuda``, ``loss.backend`` on the device, checkpoints)
+is checked when the trainer starts, before the model is built.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
 
 from pixcontrast.losses import ContrastCELoss, PixelContrastLoss
+from pixcontrast.models import CheckpointError
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "merge", "apply_overrides",
+__all__ = ["DEFAULTS", "ConfigError", "CLI_ERRORS", "load_config", "merge", "apply_overrides",
            "parse_overrides", "validate", "loss_defaults", "loss_arguments",
            "TRAINER_LOSS_DEFAULTS"]
 
@@ -134,7 +143,9 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "dataset": "synthetic",        # cityscapes | camvid | pascal_context | coco_stuff | synthetic
         "root": None,                  # dataset folder (not used by synthetic)
-        "num_classes": 19,
+        # the dataset's (checked): synthetic 2-8, cityscapes 19, camvid 11, pascal_context 59,
+        # coco_stuff 171
+        "num_classes": 5,
         "ignore_index": 255,
         "train_split": "train",
         "val_split": "val",
@@ -178,14 +189,14 @@ DEFAULTS: dict[str, Any] = {
         "val_interval": 4000,          # 0 = only at the end
         "log_interval": 50,
         "checkpoint_interval": 4000,   # last.pth; 0 = only at the end
-        "progress": True,              # tqdm bar on rank 0
+        "progress": True,              # tqdm bar on rank 0, when stderr is a terminal
         "tensorboard": True,
         "deterministic": False,        # torch.use_deterministic_algorithms
     },
     "eval": {
         "mode": "whole",               # whole | slide
         "crop_size": None,             # slide window [H, W]; None = data.crop_size
-        "stride": None,                # slide stride [H, W]; None = 2/3 of the window
+        "stride": None,                # slide stride [H, W] or an int; None = 2/3 of the window
         "scales": [1.0],               # multi-scale inference
         "flip": False,                 # add horizontally flipped predictions
     },
@@ -281,42 +292,246 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] | Mappi
     return cfg
 
 
+# --- validation ---------------------------------------------------------------------------
+# Every key is checked when the config loads, so that a bad value stops the run at once,
+# naming the key, instead of in the module that reads it (after the data is indexed, the
+# model built, or the contrast warm-up is over). A key without an entry in _CHECKS (a loss
+# argument added to a loss constructor later) must at least have its default's type. The
+# loss modules are then built on the meta device (no memory) to run their own checks.
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _size_pair(v: Any) -> bool:
+    return (isinstance(v, (list, tuple)) and len(v) == 2
+            and all(_int(x) and x > 0 for x in v))
+
+
+_POS_INT = (lambda v: _int(v) and v > 0, "a positive int")
+_NONNEG_INT = (lambda v: _int(v) and v >= 0, "an int ≥ 0")
+_POS_NUM = (lambda v: _num(v) and v > 0, "a finite number > 0")
+_NONNEG_NUM = (lambda v: _num(v) and v >= 0, "a finite number ≥ 0")
+_UNIT_NUM = (lambda v: _num(v) and 0 <= v <= 1, "a number in [0, 1]")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+_SIZE = (lambda v: _size_pair(v) or (_int(v) and v > 0), "[H, W] or an int (positive)")
+_OPT_SIZE = (lambda v: v is None or _size_pair(v) or (_int(v) and v > 0),
+             "null, [H, W] or an int (positive)")
+_NAME = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+_OPT_PATH = (lambda v: v is None or (isinstance(v, str) and v != ""), "null or a path")
+
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (lambda v: _int(v) and 0 <= v < 2 ** 31, "an int in [0, 2**31)"),
+    "data.root": _OPT_PATH,
+    "data.num_classes": _POS_INT,
+    "data.ignore_index": (_int, "an int"),
+    "data.train_split": _NAME,
+    "data.val_split": _NAME,
+    "data.crop_size": _SIZE,
+    "data.scale_range": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+                         and all(_num(x) for x in v) and 0 < v[0] <= v[1],
+                         "[min, max] with 0 < min ≤ max"),
+    "data.base_size": (lambda v: v is None or (_int(v) and v > 0), "null or a positive int"),
+    "data.flip": _BOOL,
+    "data.photometric": _BOOL,
+    "data.batch_size": _POS_INT,
+    "data.val_batch_size": _POS_INT,
+    "data.num_workers": _NONNEG_INT,
+    "data.image_size": _POS_INT,
+    "data.num_train": _POS_INT,
+    "data.num_val": _POS_INT,
+    "data.data_seed": _NONNEG_INT,
+    "model.name": _NAME,
+    "model.proj_dim": _NONNEG_INT,
+    "model.pretrained": _OPT_PATH,
+    "model.options": (lambda v: v is None or (isinstance(v, Mapping)
+                                              and all(isinstance(k, str) for k in v)),
+                      "null or a mapping of build_model options"),
+    "model.sync_bn": _BOOL,
+    "loss.contrast": _BOOL,
+    "loss.loss_weight": _NONNEG_NUM,
+    "loss.warmup_iters": _NONNEG_INT,
+    "loss.aux_weight": _NONNEG_NUM,
+    "loss.ohem": _BOOL,
+    "loss.ohem_thresh": _UNIT_NUM,
+    "loss.ohem_min_kept": _NONNEG_INT,
+    "loss.temperature": _POS_NUM,
+    "loss.base_temperature": _POS_NUM,
+    "loss.max_samples": _POS_INT,
+    "loss.max_views": _POS_INT,
+    "loss.memory_size": _NONNEG_INT,
+    "loss.pixels_per_update": _POS_INT,
+    "loss.include_anchors": _BOOL,
+    "loss.backend": _NAME,
+    "optim.lr": _POS_NUM,
+    "optim.momentum": _NONNEG_NUM,
+    "optim.weight_decay": _NONNEG_NUM,
+    "optim.nesterov": _BOOL,
+    "optim.head_lr_mult": _NONNEG_NUM,
+    "optim.poly_power": _NONNEG_NUM,
+    "optim.warmup_iters": _NONNEG_INT,
+    "optim.warmup_ratio": _UNIT_NUM,
+    "optim.grad_clip": (lambda v: v is None or (_num(v) and v > 0),
+                        "null or a finite number > 0"),
+    "train.iterations": _POS_INT,
+    "train.amp": (lambda v: v is None or v is False or (isinstance(v, str)
+                                                        and v in ("bf16", "fp16")),
+                  "null, 'bf16' or 'fp16'"),
+    "train.device": (lambda v: v in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+    "train.val_interval": _NONNEG_INT,
+    "train.log_interval": _NONNEG_INT,
+    "train.checkpoint_interval": _NONNEG_INT,
+    "train.progress": _BOOL,
+    "train.tensorboard": _BOOL,
+    "train.deterministic": _BOOL,
+    "eval.mode": (lambda v: v in ("whole", "slide"), "'whole' or 'slide'"),
+    "eval.crop_size": _OPT_SIZE,
+    "eval.stride": _OPT_SIZE,
+    "eval.scales": (lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+                    and all(_num(s) and s > 0 for s in v),
+                    "a non-empty list of positive numbers"),
+    "eval.flip": _BOOL,
+}
+
+# Errors the CLIs report as ``error: …`` with exit status 2 instead of a traceback: a bad
+# config, a missing file or dataset (DatasetError is a FileNotFoundError), a checkpoint or
+# pretrained file that is unreadable, damaged or does not fit the model.
+CLI_ERRORS: tuple[type[Exception], ...] = (ConfigError, CheckpointError, FileNotFoundError)
+
+
+def _keys(cfg: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        if isinstance(v, dict) and k != "options":
+            out += _keys(v, f"{prefix}{k}.")
+        else:
+            out.append(prefix + k)
+    return out
+
+
+def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _default_type_check(dotted: str) -> tuple[Callable[[Any], bool], str] | None:
+    """A type check from the default's type, for a key without an entry in ``_CHECKS``."""
+    default = _get(DEFAULTS, dotted)
+    if isinstance(default, bool):
+        return _BOOL
+    if isinstance(default, int):
+        return (_int, "an int")
+    if isinstance(default, float):
+        return (_num, "a finite number")
+    if isinstance(default, str):
+        return (lambda v: isinstance(v, str), "a string")
+    return None
+
+
+def _fail(key: str, value: Any, what: str) -> ConfigError:
+    hint = ""
+    if isinstance(value, str):
+        try:
+            float(value)
+            hint = " (a string: write the number without quotes)"
+        except ValueError:
+            pass
+    return ConfigError(f"config key '{key}' must be {what}, got {value!r}{hint}")
+
+
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Type and range checks of the values the trainer relies on."""
+    """Check every key of a resolved config (types, ranges, known names, the combinations
+    the builders need); ``ConfigError`` naming the first bad key."""
+    from pixcontrast.data import DATASETS, NUM_CLASSES, SyntheticScenes
+    from pixcontrast.infonce import BACKENDS as INFONCE_BACKENDS
+    from pixcontrast.models import MODEL_NAMES, model_options
+    from pixcontrast.models.heads import PROJ_HEADS
+
+    for key in _keys(cfg):
+        check = _CHECKS.get(key) or _default_type_check(key)
+        value = _get(cfg, key)
+        if check is not None and not check[0](value):
+            raise _fail(key, value, check[1])
+
     def need(cond: bool, key: str, what: str) -> None:
         if not cond:
-            section, _, name = key.partition(".")
-            value = cfg[section][name] if name else cfg[section]
-            raise ConfigError(f"config key '{key}' must be {what}, got {value!r}")
+            raise _fail(key, _get(cfg, key), what)
 
-    def pair(v: Any) -> bool:
-        return (isinstance(v, (list, tuple)) and len(v) == 2
-                and all(isinstance(x, int) and x > 0 for x in v))
+    d, m, lo, o = cfg["data"], cfg["model"], cfg["loss"], cfg["optim"]
+    datasets = sorted(DATASETS) + ["synthetic"]
+    need(d["dataset"] in datasets, "data.dataset", "one of " + ", ".join(datasets))
+    need(not 0 <= d["ignore_index"] < d["num_classes"], "data.ignore_index",
+         "an int outside [0, num_classes)")
+    if d["dataset"] == "synthetic":
+        for split, length in (("train_split", d["num_train"]), ("val_split", d["num_val"])):
+            try:       # the dataset's own checks (split name, number of classes); no data
+                SyntheticScenes(d[split], length, None, d["image_size"], d["num_classes"],
+                                d["data_seed"], cfg["seed"], d["ignore_index"])
+            except ValueError as exc:
+                bad = "data.num_classes" if "num_classes" in str(exc) else f"data.{split}"
+                raise ConfigError(f"config key '{bad}': {exc}") from None
+    else:
+        need(d["root"] is not None, "data.root",
+             f"the folder of dataset '{d['dataset']}' (--data.root PATH)")
+        n = NUM_CLASSES[d["dataset"]]
+        need(d["num_classes"] == n, "data.num_classes",
+             f"{n}, the number of classes of dataset '{d['dataset']}'")
 
-    d, o, t, e, lo = cfg["data"], cfg["optim"], cfg["train"], cfg["eval"], cfg["loss"]
-    need(isinstance(cfg["seed"], int), "seed", "an int")
-    need(isinstance(d["num_classes"], int) and d["num_classes"] > 0, "data.num_classes",
-         "a positive int")
-    need(pair(d["crop_size"]) or (isinstance(d["crop_size"], int) and d["crop_size"] > 0),
-         "data.crop_size", "[H, W] or an int")
-    need(isinstance(d["scale_range"], (list, tuple)) and len(d["scale_range"]) == 2
-         and 0 < d["scale_range"][0] <= d["scale_range"][1], "data.scale_range",
-         "[min, max] with 0 < min ≤ max")
-    need(isinstance(d["batch_size"], int) and d["batch_size"] > 0, "data.batch_size",
-         "a positive int")
-    need(isinstance(t["iterations"], int) and t["iterations"] > 0, "train.iterations",
-         "a positive int")
-    need(t["amp"] in (None, False, "bf16", "fp16"), "train.amp", "null, 'bf16' or 'fp16'")
-    need(t["device"] in ("auto", "cpu", "cuda"), "train.device", "'auto', 'cpu' or 'cuda'")
-    need(isinstance(o["lr"], (int, float)) and o["lr"] > 0, "optim.lr", "a positive number")
-    need(o["grad_clip"] is None or (isinstance(o["grad_clip"], (int, float))
-                                    and o["grad_clip"] > 0), "optim.grad_clip",
-         "null or a positive number")
-    need(e["mode"] in ("whole", "slide"), "eval.mode", "'whole' or 'slide'")
-    need(isinstance(e["scales"], (list, tuple)) and len(e["scales"]) > 0
-         and all(isinstance(s, (int, float)) and s > 0 for s in e["scales"]), "eval.scales",
-         "a non-empty list of positive numbers")
-    need(isinstance(lo["memory_size"], int) and lo["memory_size"] >= 0, "loss.memory_size",
-         "an int ≥ 0")
-    need(isinstance(d["ignore_index"], int) and not 0 <= d["ignore_index"] < d["num_classes"],
-         "data.ignore_index", "an int outside [0, num_classes)")
+    need(m["name"] in MODEL_NAMES, "model.name", "one of " + ", ".join(MODEL_NAMES))
+    options = m["options"] or {}
+    valid = model_options(m["name"])
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(f"config key 'model.options' has unknown option(s) "
+                          f"{', '.join(unknown)} for model '{m['name']}'; valid: "
+                          f"{', '.join(valid)}")
+    head = options.get("proj_head", "convmlp")
+    if head is not None and head not in PROJ_HEADS:
+        raise ConfigError(f"config key 'model.options.proj_head' must be one of "
+                          f"{', '.join(PROJ_HEADS)} or null, got {head!r}")
+    contrast_on = lo["contrast"] and lo["loss_weight"] > 0
+    if contrast_on:
+        need(m["proj_dim"] > 0, "model.proj_dim",
+             "> 0 while loss.contrast is on (the contrast needs an embedding; or set "
+             "loss.contrast false)")
+        if head is None:
+            raise ConfigError("config key 'model.options.proj_head' is null (no embedding) "
+                              "while loss.contrast is on; remove it or set loss.contrast false")
+
+    try:
+        INFONCE_BACKENDS.validate_name(lo["backend"])
+    except ValueError as exc:
+        raise ConfigError(f"config key 'loss.backend': {exc}") from None
+    need(not o["nesterov"] or o["momentum"] > 0, "optim.momentum",
+         "> 0 with optim.nesterov true")
+    _check_loss_modules(cfg)
+
+
+def _check_loss_modules(cfg: Mapping[str, Any]) -> None:
+    """Build the loss modules on the meta device (no memory, no data): whatever their
+    constructors check is checked now, naming the loss key the error names."""
+    import torch
+
+    from pixcontrast.train.builders import build_criterion
+
+    try:
+        with torch.device("meta"):
+            build_criterion(cfg)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:   # (anything else, e.g. an op the meta device
+        # lacks, is left to the real construction in the trainer)
+        text = str(exc)
+        found = [(m.start(), k) for k in cfg["loss"]
+                 for m in [re.search(rf"\b{k}\b", text)] if m]
+        key = min(found)[1] if found else None          # the key the message names first
+        where = f"config key 'loss.{key}'" if key else "the config's loss section"
+        raise ConfigError(f"{where} is rejected by the loss module: {text}") from None
+    except (RuntimeError, NotImplementedError):  # see above
+        pass

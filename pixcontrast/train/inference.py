@@ -120,6 +120,9 @@ def evaluate_model(model: nn.Module, loader: Iterable, num_classes: int, ignore_
     crop = eval_cfg.get("crop_size") or crop_size
     if isinstance(crop, int):
         crop = (crop, crop)
+    stride = eval_cfg.get("stride")
+    if isinstance(stride, int):                # eval.stride: an int means [s, s]
+        stride = (stride, stride)
     it = loader
     if progress:
         from tqdm import tqdm
@@ -127,7 +130,7 @@ def evaluate_model(model: nn.Module, loader: Iterable, num_classes: int, ignore_
         it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
     for images, labels in it:
         images, labels = images.to(device), labels.to(device)
-        scores = predict(model, images, num_classes, mode, crop, eval_cfg.get("stride"),
+        scores = predict(model, images, num_classes, mode, crop, stride,
                          eval_cfg.get("scales", (1.0,)), eval_cfg.get("flip", False))
         if scores.shape[-2:] != labels.shape[-2:]:       # image resized by base_size
             scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear",

@@ -13,6 +13,13 @@ epoch and each sample's augmentation RNG by (seed, epoch, index), so the data po
 recomputed from the iteration (no loader state to save). On CPU with ``num_workers=0`` a
 run of 2k iterations and a run of 1k resumed to 2k give identical weights.
 
+Start-up order: the data (a missing dataset is the first error), then the resumed
+checkpoint (read and verified against its checksums; a damaged or mismatched one raises
+``CheckpointError``), then the model (``model.pretrained`` is read only for a fresh run:
+a resumed checkpoint holds every weight), the loss and a check that ``loss.backend`` runs
+on this device. The progress bar (``train.progress``) is drawn only when stderr is a
+terminal.
+
 Output directory::
 
     checkpoints/last.pth   checkpoints/best.pth   log.jsonl   metrics.json   config.yaml   tb/
@@ -35,8 +42,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pixcontrast.train.builders import (build_criterion, build_loaders, build_model_from_config,
                                         build_optimizer, build_scheduler, resolve_device)
-from pixcontrast.train.checkpoint import (digest, load_checkpoint, rng_state, save_checkpoint,
-                                          set_rng_state)
+from pixcontrast.models import state_dict_mismatch
+from pixcontrast.train.checkpoint import (CheckpointError, digest, load_checkpoint, rng_state,
+                                          save_checkpoint, set_rng_state)
+from pixcontrast.train.config import ConfigError
 from pixcontrast.train.distributed import barrier, convert_cpu_sync_batchnorm, init_distributed
 from pixcontrast.train.inference import evaluate_model
 
@@ -78,9 +87,21 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         seed = cfg["seed"]
 
+        # data first: a missing dataset is reported before anything slow (the model, the
+        # pretrained file) is built. Per-rank batch, seeded permutation per epoch,
+        # per-sample augmentation RNG.
+        data = build_loaders(cfg, self.rank, self.world,
+                             pin_memory=self.device.type == "cuda")
+        self.train_set, self.val_set, self.sampler = data.train_set, data.val_set, data.sampler
+        self.train_loader, self.val_loader = data.train_loader, data.val_loader
+        self.iters_per_epoch = data.iters_per_epoch
+        # a resumed checkpoint is read and verified before the model is built; it holds
+        # every weight, so model.pretrained is not read then
+        ckpt = load_checkpoint(resume, map_location="cpu") if resume else None
+
         # model: identical initial weights on every rank (DDP also broadcasts rank 0's)
         torch.manual_seed(seed)
-        model = build_model_from_config(cfg)
+        model = build_model_from_config(cfg, pretrained=ckpt is None)
         if self.world > 1 and cfg["model"]["sync_bn"]:
             if self.device.type == "cuda":
                 from pixcontrast.models import convert_sync_batchnorm
@@ -90,6 +111,7 @@ class Trainer:
                 model = convert_cpu_sync_batchnorm(model)
         self.model = model.to(self.device)
         self.criterion = build_criterion(cfg).to(self.device)
+        self._check_loss_backend()
 
         self.optimizer = build_optimizer(self.model, cfg)
         self.total = t["iterations"]
@@ -107,17 +129,10 @@ class Trainer:
         else:
             self.ddp = self.model
 
-        # data: per-rank batch, seeded permutation per epoch, per-sample augmentation RNG
-        data = build_loaders(cfg, self.rank, self.world,
-                             pin_memory=self.device.type == "cuda")
-        self.train_set, self.val_set, self.sampler = data.train_set, data.val_set, data.sampler
-        self.train_loader, self.val_loader = data.train_loader, data.val_loader
-        self.iters_per_epoch = data.iters_per_epoch
-
         self.start_iter = 0
         self.best_miou = -1.0
-        if resume:
-            self._load(resume)
+        if ckpt is not None:
+            self._load(ckpt, resume)
         else:
             # per-rank training randomness (anchor sampling, bank pixel picks)
             torch.manual_seed(seed + 1000 * self.rank)
@@ -169,17 +184,49 @@ class Trainer:
         torch.distributed.all_gather_object(out, obj)
         return out
 
-    def _load(self, path: str) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        missing, unexpected = self.criterion.load_state_dict(ckpt["criterion"], strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {path}: loss state does not match this config "
-                             f"(memory bank on/off or size changed?): missing {missing}, "
-                             f"unexpected {unexpected}")
+    def _check_loss_backend(self) -> None:
+        """``loss.backend`` must run on this device: checked now, not at the first contrast
+        step after the warm-up."""
+        con = self.criterion.contrast
+        if not (self.cfg["loss"]["contrast"] and self.criterion.loss_weight > 0):
+            return
+        from pixcontrast.infonce import BACKENDS
+
+        dim = self.cfg["model"]["proj_dim"]
+        bank = con.memory.features if con.memory is not None else None
+        dtype = bank.dtype if bank is not None else (
+            {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg["train"]["amp"],
+                                                                  torch.float32))
+        anchors = torch.zeros(2, dim, dtype=dtype, device=self.device)
+        contrast = anchors if bank is not None else None
+        try:
+            BACKENDS.choose(con.backend, self.device, anchors, contrast)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"config key 'loss.backend' is {con.backend!r}, which cannot run "
+                              f"here: {exc}") from None
+
+    def _load(self, ckpt: dict, path: str) -> None:
+        """Restore a verified checkpoint; a part that does not fit this config raises
+        ``CheckpointError`` naming ``path`` and the part."""
+        problems = state_dict_mismatch(self.model, ckpt["model"])
+        if problems:
+            raise CheckpointError(f"checkpoint {path} does not fit model "
+                                  f"'{self.cfg['model']['name']}' with this config: "
+                                  + "; ".join(problems))
+        self.model.load_state_dict(ckpt["model"], strict=False)   # (checked just above)
+        for name, obj in (("optimizer", self.optimizer), ("scheduler", self.scheduler),
+                          ("scaler", self.scaler)):
+            try:
+                obj.load_state_dict(ckpt[name])
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                raise CheckpointError(f"checkpoint {path}: its {name} state does not fit "
+                                      f"this config: {str(exc).strip()}") from None
+        problems = state_dict_mismatch(self.criterion, ckpt["criterion"])
+        if problems:
+            raise CheckpointError(f"checkpoint {path}: loss state does not match this config "
+                                  f"(memory bank on/off or size changed?): "
+                                  + "; ".join(problems))
+        self.criterion.load_state_dict(ckpt["criterion"], strict=False)
         self.start_iter = int(ckpt["iteration"])
         self.best_miou = float(ckpt.get("best_miou", -1.0))
         rng = ckpt["rng"]
@@ -272,8 +319,10 @@ class Trainer:
         if self.main and t["progress"]:
             from tqdm import tqdm
 
+            # disable=None: no bar when stderr is not a terminal (a redirected log gets
+            # no line per update; the validation lines below are still printed)
             bar = tqdm(total=self.total, initial=self.start_iter, dynamic_ncols=True,
-                       desc="train")
+                       desc="train", disable=None)
         metrics = None
         sums: dict[str, float] = {}
         n = 0
