@@ -83,10 +83,9 @@ GEMM_FOR_MODE = {
 # The fused GPU kernels run strict fp32 as 3xTF32 on the tensor cores (three TF32 products
 # per product: docs/design.md §2.3), not as SGEMM: their rate is that of three TF32 GEMM passes.
 FUSED_GEMM_FOR_MODE = {("cuda", "float32"): "tf32x3"}
-GEMM_MODES = {  # gemm mode -> (dtype, TF32 on, passes of the two GEMMs per useful FLOP)
-    "float32": ("float32", False, 1), "tf32": ("float32", True, 1),
-    "bfloat16": ("bfloat16", False, 1), "tf32x3": ("float32", True, 3),
-}
+# gemm mode -> (dtype, TF32 on, passes of the two GEMMs per useful FLOP): the precision
+# modes once, plus 3xTF32 as three TF32 passes
+GEMM_MODES = {**{m: (*H.MODES[m], 1) for m in H.MODES}, "tf32x3": ("float32", True, 3)}
 
 
 def gemm_mode_for(device: str, provider: str, mode: str) -> str:

@@ -58,7 +58,7 @@ def _columns(
     if self_contrast:
         cols.append(a)
         col_labels.append(labels)
-    if contrast is not None and contrast.shape[0] > 0:
+    if contrast is not None:  # an empty one too: its gradient is then [0, D] zeros
         c = contrast.to(a.dtype)
         cols.append(F.normalize(c, dim=1) if normalize else c)
         col_labels.append(contrast_labels)
@@ -147,9 +147,6 @@ def pixel_contrast_reference(
 # --------------------------------------------------------------------------------------
 # torch.library wiring of the fused kernels: fake kernels and the one autograd formula
 # --------------------------------------------------------------------------------------
-
-_ROW_OUTPUTS = 5  # row_loss, lse, pos_sig, num_pos, row_grad
-
 
 def _acc_dtype(anchors: Tensor) -> torch.dtype:
     return torch.float64 if anchors.dtype == torch.float64 else torch.float32

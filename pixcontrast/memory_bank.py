@@ -245,6 +245,11 @@ class MemoryBank(torch.nn.Module):
         counts = torch.zeros(b, k + 1, dtype=torch.long, device=y.device)
         counts.scatter_add_(1, y, torch.ones_like(y))
         sums = class_sums(x.to(compute), y, k + 1)                  # [B, D, K+1]
+        # Every pixel is in some bin (ignored ones in the dump bin K), so a NaN or Inf
+        # anywhere in the embeddings shows in these small sums: refused here, not at the next
+        # loss call that would read it from the bank, without a second read of x.
+        assert_finite(sums, "MemoryBank.update: embeddings contain NaN or Inf (or overflow "
+                            "the per-class sums)")
         counts = counts[:, :k]
         means = sums[:, :, :k].transpose(1, 2) / counts.clamp(min=1)[:, :, None]
         segment = F.normalize(means, dim=2).to(self.features.dtype)  # [B, K, D]
@@ -284,8 +289,6 @@ class MemoryBank(torch.nn.Module):
         """
         self._check_update_inputs(embeddings, labels)
         name = self._choose_backend(backend)
-        # Refused here, not at the next loss call that would read the stored NaN.
-        assert_finite(embeddings, "MemoryBank.update: embeddings contain NaN or Inf")
         segment, pixel, counts, picks = self._entries(embeddings, labels, generator)
         world = _distributed_world()
         if world > 1:

@@ -68,7 +68,7 @@ from pixcontrast._backends import (
 )
 from pixcontrast._extension import extension_available
 
-__all__ = ["sample_anchors", "sampling_quotas", "SAMPLING_BACKENDS"]
+__all__ = ["sample_anchors", "sampling_quotas", "BACKENDS"]
 
 _CUDA_OPS = ("sampling_run_histogram", "sampling_select_scatter")
 _MISSING_CUDA = missing_cuda_kernels(_CUDA_OPS)  # once: the query does not trace
@@ -79,7 +79,6 @@ BACKENDS = OpBackends(
     checks={"torch": runs_anywhere, "triton": triton_reasons,
             "cuda": lambda device: cuda_reasons(device, _MISSING_CUDA)},
     priority={"cuda": ("cuda", "triton", "torch"), "cpu": ("torch",)})
-SAMPLING_BACKENDS = ("auto", *BACKENDS.names)
 
 
 def _fake_run_histogram(run_key, rank, cls, easy, valid, hw):
@@ -186,7 +185,8 @@ def sample_anchors(labels: Tensor, predictions: Tensor, *, max_samples: int = 10
     if labels.dtype == torch.int64 and labels.numel():
         # The sort key is 2·label + easy in int64: |label| ≥ 2^62 would wrap. Refused
         # without a host synchronisation (a device-side assert on CUDA).
-        torch._assert_async(((labels >= -2**62) & (labels < 2**62)).all(),
+        lo, hi = torch.aminmax(labels)  # one reduction over the map
+        torch._assert_async((lo >= -2**62) & (hi < 2**62),
                             "sample_anchors: labels must lie in [-2^62, 2^62)")
     return _sample(labels, predictions, max_samples, max_views, ignore_index, generator,
                    kernels=backend)

@@ -293,11 +293,12 @@ def test_update_refuses_nan_and_inf_embeddings():
     bank = MemoryBank(3, 8, size=10, ignore_index=IGNORE)
     emb, labels = make_batch(2, 8, 4, 5, 3)
     before = {n: t.clone() for n, t in bank.state_dict().items()}
-    for bad in (float("nan"), float("inf")):
-        broken = emb.clone()
+    for bad, label in ((float("nan"), 1), (float("inf"), 2), (float("nan"), IGNORE)):
+        broken, lab = emb.clone(), labels.clone()
         broken[1, 3, 2, 1] = bad
+        lab[1, 2, 1] = label  # a pixel of a class, or an ignored one: refused either way
         with pytest.raises(RuntimeError, match="MemoryBank.update: embeddings contain NaN"):
-            bank.update(broken, labels)
+            bank.update(broken, lab)
         for name, buf in bank.state_dict().items():
             assert torch.equal(buf, before[name]), name
     bank.update(emb, labels)  # finite embeddings still go in
