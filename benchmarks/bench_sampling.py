@@ -19,7 +19,9 @@ Workloads (``--workload``, repeatable; default both), on 8 Cityscapes-like label
   the same backend. The update alone is benchmarks/bench_memory_bank.py's.
 
 Providers: ``loop-2021``, ``pixcontrast-torch``, and on CUDA ``pixcontrast-triton`` and
-``pixcontrast-cuda`` (when the extension has the kernels). Median and 20th/80th
+``pixcontrast-cuda`` (when the extension has the kernels); for ``sampling+update`` also
+``pixcontrast-<backend>-graph``, the step captured once in a CUDA graph and replayed (issue
+17's target: both together under 0.2 ms, eager and graphed). Median and 20th/80th
 percentiles of ``--repeats`` runs; speed-up against ``loop-2021``.
 """
 
@@ -80,9 +82,25 @@ def sampling_and_update_workload(device: str, quick: bool):
             ours.update(embed, labels, backend=backend)
         return step
 
+    def graphed(backend):
+        """The step captured once in a CUDA graph (issue 17's second number): replays."""
+        step = fused(backend)
+        step()  # warm-up: Triton compiles, the completion counters are allocated
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        return graph.replay
+
     providers = {"loop-2021": loop, "pixcontrast-torch": fused("torch")}
     for backend in H.kernel_backends(device, SAMPLING_BACKENDS, BANK_BACKENDS):
         providers[f"pixcontrast-{backend}"] = fused(backend)
+        if device == "cuda":
+            providers[f"pixcontrast-{backend}-graph"] = graphed(backend)
     return f"B={b} {h}x{w} D={d} K={H.CLASSES} N=1024 ppu={PPU}", providers
 
 

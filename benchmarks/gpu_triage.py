@@ -111,11 +111,12 @@ torch.cuda.synchronize()
 
 def probes() -> dict[str, str]:
     out = {}
-    hist = "lambda: torch.ops.pixcontrast.sampling_run_histogram(i64, %s, i64, b, b, 4)"
+    hist = ("lambda: torch.ops.pixcontrast.sample_select(i64.view(2, 6), i64.view(2, 6), "
+            "torch.zeros(7, 6, dtype=torch.int64, device='cuda'), i64[:5].clone(), %s, 1)")
     write = "lambda: torch.ops.pixcontrast.bank_write(f, lab, v, rows, keep, %s)"
     for name, calls in (
-            ("cuda-bad-shape-histogram-copy", hist % "i64[:5].clone()"),
-            ("cuda-bad-shape-histogram-view", hist % "i64[:5]"),
+            ("cuda-bad-shape-sampling-copy", hist % "i64[:4].clone()"),
+            ("cuda-bad-shape-sampling-view", hist % "i64[:4]"),
             ("cuda-bad-shape-bank-write-copy", write % "rows[:2].clone()"),
             ("cuda-bad-shape-bank-write-view", write % "rows[:2]"),
             ("cuda-bad-dtype-bank-write", write.replace("v,", "v.double(),") % "rows")):

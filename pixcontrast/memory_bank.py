@@ -7,17 +7,18 @@ Storage is class-sorted, ``features [K, 2, size, D]``, so ``contrast()`` is a vi
 
 The update is one fixed-shape vectorised pass, with no loop over images or classes and no
 host synchronisation (no ``.item()``, ``.nonzero()``, ``.cpu()``, data-dependent Python
-control flow), so it can be captured in a CUDA graph or traced by ``torch.compile``:
+control flow), so it can be captured in a CUDA graph or traced by ``torch.compile``. The
+PyTorch path (the CPU's, and the other backends' under ``torch.distributed``):
 
 1. ``counts [B, K]`` and per-image class sums ``[B, K, D]`` in a fixed order (``class_sums``:
    a CPU ``scatter_add_``, a one-hot batched GEMM on GPUs; never a float-atomic scatter, so
    two updates on the same inputs write the same bits), pixels with an ignored or
    out-of-range label in a dump class ``K``; segment entry = the normalised mean (fp32, or
    fp64 for a float64 bank), ``present = counts > 0``.
-2. Pixel picks: per image, one sort of the int64 key ``label << 40 | random 40 bits``
-   groups the pixels by class in random order; the first ``min(ppu, count)`` of each
-   group (offset by the exclusive cumsum of the counts over classes) are a uniform sample
-   without replacement: ``[B, K, ppu]`` pixel indices and a valid mask.
+2. Pixel picks: per image, one stable sort of the int64 key ``label << 40 | random 40
+   bits`` groups the pixels by class in (key, index) order; the first ``min(ppu, count)``
+   of each group (offset by the exclusive cumsum of the counts over classes) are a uniform
+   sample without replacement: ``[B, K, ppu]`` pixel indices and a valid mask.
 3. Under ``torch.distributed`` (initialised, world size > 1) these fixed-shape tensors are
    all-gathered and every rank applies all ranks' entries in rank order (ranks must pass
    the same ``B``).
@@ -26,11 +27,20 @@ control flow), so it can be captured in a CUDA graph or traced by ``torch.compil
    size``; entries with ``e < total - size`` are pushed out within this same update and
    are not written, so kept slots never collide. Pointers then advance by ``total`` (the
    number of entries written, not by 1 as in the 2021 release) modulo ``size``.
-5. Write: a Triton kernel with a masked store on CUDA (kernels/memory_bank.py); with
+5. Write: on CPU an ``index_copy_`` in which every dropped entry repeats the first kept
+   write (same row, same value), so duplicate indices carry identical data and the result
+   is exact; under ``torch.distributed`` (or past the fused kernels' class limits) with
    ``backend="cuda"`` the C++/CUDA op ``torch.ops.pixcontrast.bank_write``
-   (csrc/cuda/memory_bank.cu), the same masked store; on CPU an ``index_copy_`` in which
-   every dropped entry repeats the first kept write (same row, same value), so duplicate
-   indices carry identical data and the result is exact. All three write the same bits.
+   (csrc/cuda/memory_bank.cu), with ``backend="triton"`` the Triton ``bank_write``, both a
+   masked store. All three write the same bits.
+
+``backend="triton"`` (the default on CUDA) and ``"cuda"`` in one process run the fused
+update instead (``_update_fused``: kernels/memory_bank.py ``fused_update``, up to 511
+classes, or the C++/CUDA op ``bank_update``, up to 95): four launches (the keys, two
+kernels, the finite assert; no sort), the same keys, picks, slots and pointers as the
+PyTorch path, the class sums reduced in another fixed order, so the values agree to
+rounding (≤ 1e-6 in fp32), not bit for bit. Their completion counters (``_counters``, not
+state) are zero between calls.
 
 Labels outside ``[0, num_classes)`` (``ignore_index`` or any other value) are ignored:
 their pixels take part in nothing. (Raising on them would need a host sync.)
@@ -53,10 +63,10 @@ __all__ = ["MemoryBank"]
 
 _RAND_BITS = 40  # random low bits of the pixel-pick sort key; the label sits above them
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_MISSING_CUDA = missing_cuda_kernels(("bank_write",))  # once: the query does not trace
-# The write's backends (the entries are computed in PyTorch for all of them). On an H200
-# the whole update took 1.73 ms with each (benchmarks/results/h200-2026-11-30): Triton
-# first, as before, then CUDA.
+_MISSING_CUDA = missing_cuda_kernels(("bank_write", "bank_update"))  # once: does not trace
+# The update's backends. On an H200 the unfused update took 1.73 ms with each write
+# (benchmarks/results/h200-2026-11-30); both are now fused (four launches, not measured
+# yet: docs/notes/sampling-bank.md); Triton first, as before, then CUDA.
 BACKENDS = OpBackends(
     "MemoryBank.update",
     checks={"torch": runs_anywhere, "triton": triton_reasons,
@@ -81,6 +91,38 @@ def _bank_write_triton(features: Tensor, labels: Tensor, values: Tensor, rows: T
 
 
 _bank_write_triton.register_fake(_fake_bank_write)
+
+_NAN_MESSAGE = ("MemoryBank.update: embeddings contain NaN or Inf (or overflow the per-class "
+                "sums)")
+
+
+def _fused_supported(backend: str, num_classes: int, hw: int) -> bool:
+    """Whether the fused update of ``backend`` takes this batch: the Triton one-hot tile
+    holds up to 512 classes (with the dump class), the CUDA per-class accumulators 96
+    (csrc/cuda/memory_bank.h kBankMaxClasses); a pick candidate packs the pixel index
+    (< 2^23) next to the 40 key bits."""
+    most = {"triton": 511, "cuda": 95}.get(backend, 0)
+    return 1 <= num_classes <= most and hw <= 2 ** (63 - _RAND_BITS)
+
+
+# The fused update of kernels/memory_bank.py as a torch.library op (two Triton launches).
+@torch.library.custom_op("pixcontrast::bank_update_triton",
+                         mutates_args=("features", "labels", "pointers", "counters"))
+def _fused_update_triton(features: Tensor, labels: Tensor, pointers: Tensor, counters: Tensor,
+                         x: Tensor, y: Tensor, keys: Tensor, pixels_per_update: int) -> Tensor:
+    from pixcontrast.kernels.memory_bank import fused_update
+    return fused_update(features, labels, pointers, counters, x, y, keys, pixels_per_update)
+
+
+def _fake_update(features, labels, pointers, counters, x, y, keys, pixels_per_update):
+    return x.new_empty((1,), dtype=torch.int32)
+
+
+_fused_update_triton.register_fake(_fake_update)
+if extension_available() and hasattr(torch.ops.pixcontrast, "bank_update"):
+    # The C++ twin (csrc/sampling_ops.cpp; absent from an extension built from older
+    # sources): torch.compile traces it, meta tensors run it.
+    torch.library.register_fake("pixcontrast::bank_update")(_fake_update)
 
 
 def class_sums(x: Tensor, y: Tensor, bins: int, method: str | None = None) -> Tensor:
@@ -175,6 +217,8 @@ class MemoryBank(torch.nn.Module):
         self.register_buffer("labels", torch.full((num_classes, 2, size), ignore_index,
                                                   dtype=torch.long))
         self.register_buffer("pointers", torch.zeros(num_classes, 2, dtype=torch.long))
+        # The fused Triton update's completion counters (zero between calls; not state).
+        self.register_buffer("_counters", torch.zeros(1, dtype=torch.int32), persistent=False)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, dim={self.dim}, size={self.size}, "
@@ -248,15 +292,14 @@ class MemoryBank(torch.nn.Module):
         # Every pixel is in some bin (ignored ones in the dump bin K), so a NaN or Inf
         # anywhere in the embeddings shows in these small sums: refused here, not at the next
         # loss call that would read it from the bank, without a second read of x.
-        assert_finite(sums, "MemoryBank.update: embeddings contain NaN or Inf (or overflow "
-                            "the per-class sums)")
+        assert_finite(sums, _NAN_MESSAGE)
         counts = counts[:, :k]
         means = sums[:, :, :k].transpose(1, 2) / counts.clamp(min=1)[:, :, None]
         segment = F.normalize(means, dim=2).to(self.features.dtype)  # [B, K, D]
 
         key = torch.randint(0, 2 ** _RAND_BITS, (b, hw), device=y.device,
                             generator=generator, dtype=torch.long)
-        order = torch.sort(key | (y << _RAND_BITS), dim=1).indices   # class-grouped
+        order = torch.sort(key | (y << _RAND_BITS), dim=1, stable=True).indices  # by class
         starts = torch.cumsum(counts, 1) - counts                    # [B, K]
         j = torch.arange(p, device=y.device)
         pos = (starts[:, :, None] + j).clamp(max=hw - 1).view(b, k * p)
@@ -265,6 +308,29 @@ class MemoryBank(torch.nn.Module):
         pixel = F.normalize(picked.to(compute), dim=1).transpose(1, 2)
         pixel = pixel.reshape(b, k, p, d).to(self.features.dtype)
         return segment, pixel, counts, counts.clamp(max=p)
+
+    def _update_fused(self, embeddings: Tensor, labels: Tensor,
+                      generator: torch.Generator | None, kernels: str) -> None:
+        """The fused paths in four launches: the keys, two kernels (``kernels="triton"``:
+        kernels/memory_bank.py ``fused_update``; ``"cuda"``: the op ``bank_update`` of
+        csrc/cuda/memory_bank.cu) and the finite assert. The same keys as ``_entries``,
+        hence the same picks; the sums are reduced in another fixed order."""
+        b = embeddings.shape[0]
+        x = embeddings.detach().flatten(2)                           # [B, D, HW], a view
+        y = labels.flatten(1)
+        key = torch.randint(0, 2 ** _RAND_BITS, y.shape, device=y.device,
+                            generator=generator, dtype=torch.long)
+        if self._counters.numel() < b + 1:  # grows once per larger batch (zeros: a launch)
+            self._counters = torch.zeros(b + 1, dtype=torch.int32, device=y.device)
+        if kernels == "triton":  # reads any integer dtype
+            ok = _fused_update_triton(self.features, self.labels, self.pointers,
+                                      self._counters, x, y.contiguous(), key,
+                                      self.pixels_per_update)
+        else:  # the C++ op takes int64 labels
+            ok = torch.ops.pixcontrast.bank_update(self.features, self.labels, self.pointers,
+                                                   self._counters, x, y.long().contiguous(),
+                                                   key, self.pixels_per_update)
+        torch._assert_async(ok, _NAN_MESSAGE)
 
     @torch.no_grad()
     def update(self, embeddings: Tensor, labels: Tensor,
@@ -277,11 +343,12 @@ class MemoryBank(torch.nn.Module):
             labels: ``[B, h, w]`` integer, on the embeddings' grid. Values outside
                 ``[0, num_classes)``, ``ignore_index`` among them, are ignored.
             generator: a ``torch.Generator`` on the bank's device for the pixel picks.
-            backend: ``"auto"`` (Triton write on CUDA, torch elsewhere), ``"torch"``,
+            backend: ``"auto"`` (Triton on CUDA, torch elsewhere), ``"torch"``,
                 ``"triton"`` (CUDA, or CPU under ``TRITON_INTERPRET=1``) or ``"cuda"``
-                (the C++/CUDA write of the extension: a bank on a CUDA device and a CUDA
-                build of ``pixcontrast._C``; raises otherwise). Only the final write
-                differs between backends, and all of them write the same bits.
+                (the C++/CUDA kernels of the extension: a bank on a CUDA device and a CUDA
+                build of ``pixcontrast._C``; raises otherwise). In one process both run
+                the fused update (module doc): the torch path's slots, values equal to
+                rounding.
 
         Under ``torch.distributed`` every rank must call ``update`` with the same ``B``
         (the entries are all-gathered as fixed-shape tensors); all replicas then apply all
@@ -289,8 +356,12 @@ class MemoryBank(torch.nn.Module):
         """
         self._check_update_inputs(embeddings, labels)
         name = self._choose_backend(backend)
-        segment, pixel, counts, picks = self._entries(embeddings, labels, generator)
         world = _distributed_world()
+        hw = embeddings.shape[2] * embeddings.shape[3]
+        if world == 1 and _fused_supported(name, self.num_classes, hw):
+            self._update_fused(embeddings, labels, generator, kernels=name)
+            return
+        segment, pixel, counts, picks = self._entries(embeddings, labels, generator)
         if world > 1:
             segment, pixel, counts, picks = (_all_gather_cat(t, world)
                                              for t in (segment, pixel, counts, picks))

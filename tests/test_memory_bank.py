@@ -12,6 +12,11 @@ from pixcontrast.memory_bank import MemoryBank, class_sums
 
 IGNORE = -1
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+# The torch path and the fused Triton update (interpreter on CPU) against the same oracle.
+UPDATE_BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
+    not HAS_TRITON or (not torch.cuda.is_available()
+                       and os.environ.get("TRITON_INTERPRET") != "1"),
+    reason="needs triton (CUDA or TRITON_INTERPRET=1)"))]
 
 
 def make_batch(b: int, d: int, h: int, w: int, k: int, device="cpu",
@@ -104,27 +109,29 @@ def check_pixels(bank: MemoryBank, pix, atol: float) -> None:
 # ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("size,ppu", [(7, 3), (50, 4), (3, 5)])
-def test_matches_loop_oracle_over_several_updates(size, ppu):
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_matches_loop_oracle_over_several_updates(size, ppu, backend):
     k, d = 5, 12
     bank = MemoryBank(k, d, size=size, pixels_per_update=ppu, ignore_index=IGNORE)
     batches = [make_batch(3, d, 6, 7, k) for _ in range(4)]
     for i, (emb, labels) in enumerate(batches):
-        bank.update(emb, labels)
+        bank.update(emb, labels, backend=backend)
         seg, pix = oracle(batches[: i + 1], k, size, ppu)
         check_segments(bank, seg, atol=1e-6)
         check_pixels(bank, pix, atol=1e-6)
 
 
-def test_fifo_order_and_wrap_explicit():
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_fifo_order_and_wrap_explicit(backend):
     # One class, constant embedding per image: image i's segment entry is e_i.
     d, size = 6, 3
     bank = MemoryBank(2, d, size=size, pixels_per_update=1, ignore_index=IGNORE)
     basis = torch.eye(d)
     emb = basis[:5, :, None, None].expand(5, d, 2, 2).clone() * (1 + torch.rand(5, 1, 1, 1))
     labels = torch.zeros(5, 2, 2, dtype=torch.long)
-    bank.update(emb[:2], labels[:2])
+    bank.update(emb[:2], labels[:2], backend=backend)
     assert bank.pointers[0].tolist() == [2, 2] and bank.pointers[1].tolist() == [0, 0]
-    bank.update(emb[2:], labels[2:])
+    bank.update(emb[2:], labels[2:], backend=backend)
     # entries 0..4 at slots n % 3: slot 0 <- image 3, slot 1 <- image 4, slot 2 <- image 2
     for q in (0, 1):
         torch.testing.assert_close(bank.features[0, q], basis[[3, 4, 2]])
@@ -132,26 +139,28 @@ def test_fifo_order_and_wrap_explicit():
     assert (bank.labels[1] == IGNORE).all() and (bank.features[1] == 0).all()
 
 
-def test_pointer_steps_by_entries_written():
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_pointer_steps_by_entries_written(backend):
     k, d, ppu = 4, 8, 3
     bank = MemoryBank(k, d, size=100, pixels_per_update=ppu, ignore_index=IGNORE)
     labels = torch.full((2, 4, 4), IGNORE)
     labels[0, 0, :2] = 1          # 2 pixels of class 1 in image 0
     labels[1, 1, :] = 1           # 4 pixels of class 1 in image 1
     labels[1, 2, :] = 3           # 4 pixels of class 3 in image 1
-    bank.update(torch.randn(2, d, 4, 4), labels)
+    bank.update(torch.randn(2, d, 4, 4), labels, backend=backend)
     assert bank.pointers.tolist() == [[0, 0], [2, 2 + 3], [0, 0], [1, 3]]
-    bank.update(torch.randn(2, d, 4, 4), labels)
+    bank.update(torch.randn(2, d, 4, 4), labels, backend=backend)
     assert bank.pointers.tolist() == [[0, 0], [4, 10], [0, 0], [2, 6]]
 
 
-def test_more_entries_than_size_in_one_update():
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_more_entries_than_size_in_one_update(backend):
     k, d, size, ppu = 2, 5, 4, 3
     bank = MemoryBank(k, d, size=size, pixels_per_update=ppu, ignore_index=IGNORE)
     emb, _ = make_batch(6, d, 3, 3, k)
     labels = torch.zeros(6, 3, 3, dtype=torch.long)
     labels[:, 0, 0] = 1                          # class 1: one pixel per image
-    bank.update(emb, labels)
+    bank.update(emb, labels, backend=backend)
     seg, pix = oracle([(emb, labels)], k, size, ppu)
     check_segments(bank, seg, atol=1e-6)         # 6 segment entries, last 4 survive
     check_pixels(bank, pix, atol=1e-6)           # 18 pixel entries of class 0, last 4
@@ -225,15 +234,16 @@ def test_state_dict_round_trip_continues_identically():
 
 
 @pytest.mark.parametrize("emb_dtype", [torch.float32, torch.bfloat16])
-def test_bf16_storage(emb_dtype):
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_bf16_storage(emb_dtype, backend):
     k, d = 3, 32
     b16 = MemoryBank(k, d, size=30, pixels_per_update=2, dtype=torch.bfloat16)
     b32 = MemoryBank(k, d, size=30, pixels_per_update=2, dtype=torch.float32)
     assert b16.features.dtype == torch.bfloat16 and b16.contrast()[0].dtype == torch.bfloat16
     emb, labels = make_batch(3, d, 6, 6, k, dtype=emb_dtype)
     seed = int(torch.randint(0, 2**31, ()))
-    b16.update(emb, labels, torch.Generator().manual_seed(seed))
-    b32.update(emb, labels, torch.Generator().manual_seed(seed))
+    b16.update(emb, labels, torch.Generator().manual_seed(seed), backend=backend)
+    b32.update(emb, labels, torch.Generator().manual_seed(seed), backend=backend)
     assert torch.equal(b16.labels, b32.labels) and torch.equal(b16.pointers, b32.pointers)
     # The same picks; fp32 means and normalisation, rounded once to bf16.
     assert torch.equal(b16.features, b32.features.to(torch.bfloat16))
@@ -254,17 +264,19 @@ def test_embeddings_get_no_gradient_and_are_not_modified():
     assert torch.equal(emb.detach(), before) and torch.equal(labels, before_labels)
 
 
-def test_int32_and_uint8_labels():
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_int32_and_uint8_labels(backend):
     k, d = 4, 6
     emb, labels = make_batch(2, d, 5, 5, k)
     labels = torch.where(labels == k + 3, IGNORE, labels)
     banks = {}
     for dt in (torch.int64, torch.int32):
         banks[dt] = MemoryBank(k, d, size=20, ignore_index=IGNORE)
-        banks[dt].update(emb, labels.to(dt), torch.Generator().manual_seed(1))
+        banks[dt].update(emb, labels.to(dt), torch.Generator().manual_seed(1),
+                         backend=backend)
     bank8 = MemoryBank(k, d, size=20, ignore_index=255)
     bank8.update(emb, torch.where(labels == IGNORE, 255, labels).to(torch.uint8),
-                 torch.Generator().manual_seed(1))
+                 torch.Generator().manual_seed(1), backend=backend)
     assert torch.equal(banks[torch.int64].features, banks[torch.int32].features)
     assert torch.equal(banks[torch.int64].features, bank8.features)
     assert torch.equal(bank8.labels == 255, banks[torch.int64].labels == IGNORE)
@@ -287,7 +299,8 @@ def test_benchmark_loop_baseline_matches_the_oracle():
     check_pixels(bank, pix, atol=1e-6)
 
 
-def test_update_refuses_nan_and_inf_embeddings():
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_update_refuses_nan_and_inf_embeddings(backend):
     """A NaN or Inf is refused at update, naming the argument, and the bank is unchanged
     (before: stored silently, reported only by the next loss call)."""
     bank = MemoryBank(3, 8, size=10, ignore_index=IGNORE)
@@ -298,10 +311,10 @@ def test_update_refuses_nan_and_inf_embeddings():
         broken[1, 3, 2, 1] = bad
         lab[1, 2, 1] = label  # a pixel of a class, or an ignored one: refused either way
         with pytest.raises(RuntimeError, match="MemoryBank.update: embeddings contain NaN"):
-            bank.update(broken, lab)
+            bank.update(broken, lab, backend=backend)
         for name, buf in bank.state_dict().items():
             assert torch.equal(buf, before[name]), name
-    bank.update(emb, labels)  # finite embeddings still go in
+    bank.update(emb, labels, backend=backend)  # finite embeddings still go in
     assert (bank.labels != IGNORE).any()
 
 # ------------------------------------------------------------------------------------
@@ -354,6 +367,19 @@ def test_cuda_backend_says_when_kernels_are_missing():
         bank.update(*make_batch(1, 8, 3, 3, 3), backend="cuda")
 
 
+@pytest.mark.parametrize("kernels", ["triton", "cuda"])
+def test_fused_update_is_value_free(kernels):
+    # The fused update's driver on meta tensors (the ops' fake kernels serve Meta): any
+    # host read of a value would raise here.
+    if kernels == "cuda" and not hasattr(torch.ops.pixcontrast, "bank_update"):
+        pytest.skip("extension built from older sources")
+    bank = MemoryBank(5, 8, size=10, pixels_per_update=3).to("meta")
+    emb = torch.empty(2, 8, 4, 5, device="meta")
+    labels = torch.empty(2, 4, 5, dtype=torch.int32, device="meta")
+    bank._update_fused(emb, labels, None, kernels=kernels)
+    assert bank._counters.shape == (3,)
+
+
 def test_cuda_enqueue_is_value_free():
     # The enqueue with the CUDA op on meta tensors (its fake kernel serves Meta): a host
     # read of any value in the "cuda" path would raise here.
@@ -375,7 +401,8 @@ def test_triton_backend_refuses_cpu_without_interpreter(monkeypatch):
 # No host sync: the whole update traces as one graph
 # ------------------------------------------------------------------------------------
 
-def test_update_traces_fullgraph():
+@pytest.mark.parametrize("backend", UPDATE_BACKENDS)
+def test_update_traces_fullgraph(backend):
     # Any .item(), .nonzero(), .tolist() or bool(tensor) would be a graph break, which
     # fullgraph=True turns into an error. (Dynamo cannot take an explicit Generator: the
     # compiled and the eager bank both draw from the seeded global RNG.)
@@ -388,9 +415,9 @@ def test_update_traces_fullgraph():
         emb, labels = make_batch(3, d, 4, 5, k)
         seed = int(torch.randint(0, 2**31, ()))
         torch.manual_seed(seed)
-        step(emb, labels, backend="torch")
+        step(emb, labels, backend=backend)
         torch.manual_seed(seed)
-        eager.update(emb, labels, backend="torch")
+        eager.update(emb, labels, backend=backend)
     for name, buf in bank.state_dict().items():
         assert torch.equal(buf, eager.state_dict()[name]), name
 
@@ -404,9 +431,12 @@ def _triton_runs_here() -> bool:
 
 
 @pytest.mark.skipif(not _triton_runs_here(), reason="needs triton (CUDA or TRITON_INTERPRET=1)")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("size,d", [(5, 7), (40, 300)])
-def test_triton_write_matches_torch(dtype, size, d):
+def test_triton_update_matches_torch(dtype, size, d):
+    # The fused update draws the same keys and makes the same picks as the torch path:
+    # the same slots, labels and pointers; the values differ only by the order of the
+    # class sums (one-hot GEMM partials vs scatter_add) and of the norms.
     k = 3
     banks = {be: MemoryBank(k, d, size=size, pixels_per_update=3, ignore_index=IGNORE,
                             dtype=dtype) for be in ("torch", "triton")}
@@ -415,9 +445,50 @@ def test_triton_write_matches_torch(dtype, size, d):
         seed = int(torch.randint(0, 2**31, ()))
         for be, bank in banks.items():
             bank.update(emb, labels, torch.Generator().manual_seed(seed), backend=be)
+    ref, got = banks["torch"], banks["triton"]
+    assert torch.equal(ref.labels, got.labels) and torch.equal(ref.pointers, got.pointers)
+    # one rounding of the storage dtype apart at most
+    atol = {torch.float32: 1e-6, torch.bfloat16: 2 ** -8, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(got.features.double(), ref.features.double(), rtol=0, atol=atol)
+    assert (got.labels != IGNORE).any()
+
+
+@pytest.mark.skipif(not _triton_runs_here(), reason="needs triton (CUDA or TRITON_INTERPRET=1)")
+def test_triton_update_picks_across_programs():
+    # Images of 960 pixels: the fused kernel splits each over ~30 programs, whose local
+    # picks (rare classes included: a few pixels anywhere in the random order) are merged
+    # in order. The same picks as the torch path, hence the same slots; values close.
+    k, d, ppu = 6, 5, 4
+    banks = {be: MemoryBank(k, d, size=50, pixels_per_update=ppu, ignore_index=IGNORE)
+             for be in ("torch", "triton")}
+    emb, labels = make_batch(2, d, 24, 40, k)
+    rare = torch.rand(labels.shape) < 0.004                     # class k - 1: a few pixels
+    labels = torch.where(labels == k - 1, 0, labels)
+    labels = torch.where(rare, k - 1, labels)
+    for be, bank in banks.items():
+        bank.update(emb, labels, torch.Generator().manual_seed(5), backend=be)
+    ref, got = banks["torch"], banks["triton"]
+    assert torch.equal(ref.labels, got.labels) and torch.equal(ref.pointers, got.pointers)
+    torch.testing.assert_close(got.features, ref.features, rtol=0, atol=1e-6)
+    seg, pix = oracle([(emb, labels)], k, 50, ppu)
+    check_segments(got, seg, atol=1e-6)
+    check_pixels(got, pix, atol=1e-6)
+
+
+@pytest.mark.skipif(not _triton_runs_here(), reason="needs triton (CUDA or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_write_of_given_entries_matches_torch(dtype):
+    # The write kernel alone (the distributed path's): the same entries, the same bits.
+    k, d = 3, 10
+    banks = {be: MemoryBank(k, d, size=6, pixels_per_update=2, ignore_index=IGNORE,
+                            dtype=dtype) for be in ("torch", "triton")}
+    for _ in range(3):
+        emb, labels = make_batch(3, d, 4, 3, k, dtype=dtype)
+        entries = banks["torch"]._entries(emb, labels, None)
+        for be, bank in banks.items():
+            bank._enqueue(*entries, be)
     for name, buf in banks["torch"].state_dict().items():
         assert torch.equal(buf, banks["triton"].state_dict()[name]), name
-    assert (banks["triton"].labels != IGNORE).any()
 
 
 # ------------------------------------------------------------------------------------
@@ -539,6 +610,32 @@ def enqueue_same_entries(backends, k, d, size, ppu, dtype, batches):
         for be, bank in banks.items():
             bank._enqueue(*entries, be)
     return banks
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_gpu_fused_update_matches_torch(backend, dtype):
+    # The fused updates draw the torch path's keys and make its picks: the same slots,
+    # labels and pointers; values to rounding. Several blocks per image (64 x 96 pixels),
+    # a rare class, several updates.
+    k, d, ppu = 19, 64, 10
+    banks = {be: MemoryBank(k, d, size=40, pixels_per_update=ppu, ignore_index=IGNORE,
+                            dtype=dtype).cuda() for be in ("torch", backend)}
+    for _ in range(3):
+        emb, labels = make_batch(4, d, 64, 96, k, device="cuda")
+        labels = torch.where(torch.rand(labels.shape, device="cuda") < 0.001, k - 1, labels)
+        seed = int(torch.randint(0, 2**31, ()))
+        for be, bank in banks.items():
+            bank.update(emb, labels, torch.Generator(device="cuda").manual_seed(seed),
+                        backend=be)
+    ref, got = banks["torch"], banks[backend]
+    assert torch.equal(ref.labels, got.labels) and torch.equal(ref.pointers, got.pointers)
+    atol = {torch.float32: 1e-5, torch.bfloat16: 2 ** -7, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(got.features.double(), ref.features.double(), rtol=0,
+                               atol=atol)
+    # (A NaN would be a device-side assert here, which kills the process's CUDA context:
+    # the refusal is tested on the CPU, test_update_refuses_nan_and_inf_embeddings.)
 
 
 @pytest.mark.gpu

@@ -31,3 +31,23 @@ def test_triton_write_opcheck():
     args = (torch.randn(6, 4), torch.full((6,), -1), torch.randn(3, 4), torch.tensor([0, 4, 2]),
             torch.tensor([True, False, True]), torch.tensor([1, 2, 3]))
     torch.library.opcheck(torch.ops.pixcontrast.bank_write_triton.default, args)
+
+
+UPDATE_SCHEMA = ("pixcontrast::bank_update(Tensor(a!) features, Tensor(b!) labels, "
+                 "Tensor(c!) pointers, Tensor(d!) counters, Tensor x, Tensor y, Tensor keys, "
+                 "int pixels_per_update) -> Tensor")
+
+
+def test_fused_update_ops():
+    # The C++ op (CUDA kernels) and its Triton twin: one signature, the same mutations,
+    # fake kernels of the right shape.
+    check_schema("bank_update", UPDATE_SCHEMA, ["features", "labels", "pointers", "counters"])
+    m = dict(device="meta")
+    for name in ("bank_update", "bank_update_triton"):
+        op = getattr(torch.ops.pixcontrast, name)
+        ok = op(torch.empty(3, 2, 5, 4, **m), torch.empty(3, 2, 5, dtype=torch.int64, **m),
+                torch.empty(3, 2, dtype=torch.int64, **m),
+                torch.empty(3, dtype=torch.int32, **m), torch.empty(2, 4, 6, **m),
+                torch.empty(2, 6, dtype=torch.int64, **m),
+                torch.empty(2, 6, dtype=torch.int64, **m), 2)
+        assert ok.shape == (1,) and ok.dtype == torch.int32

@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from pixcontrast.sampling import _sample, sample_anchors
+from pixcontrast.sampling import _sample_fused, sample_anchors
 
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -320,15 +320,17 @@ def test_torch_path_is_value_free(max_samples):
     assert idx.dtype == lab.dtype == torch.int64
 
 
-def test_torch_compile_fullgraph():
-    labels, preds = make_maps(2, 9, 10, 6, 255)
+@pytest.mark.parametrize("backend", BACKENDS[:2])
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    labels, preds = (t.to(device_for(backend)) for t in make_maps(2, 9, 10, 6, 255))
     fn = torch.compile(lambda a, b: sample_anchors(a, b, max_samples=30, max_views=6,
-                                                   ignore_index=255, backend="torch"),
+                                                   ignore_index=255, backend=backend),
                        fullgraph=True)
     for _ in range(2):
         idx, lab = fn(labels, preds)
         check_sample(idx, lab, labels, preds, 30, 6, 255)
-        labels, preds = make_maps(2, 9, 10, 6, 255)
+        labels, preds = (t.to(device_for(backend)) for t in make_maps(2, 9, 10, 6, 255))
 
 
 def test_labels_beyond_2_62_are_refused():
@@ -374,19 +376,22 @@ def test_cuda_backend_refuses_cpu_tensors():
 def test_cuda_backend_says_when_kernels_are_missing():
     from pixcontrast._extension import has_kernels
 
-    if has_kernels("CUDA", "sampling_run_histogram"):
+    if has_kernels("CUDA", "sample_histogram"):
         pytest.skip("the extension has the CUDA kernels")
     labels = torch.randint(0, 3, (2, 4, 4))
-    with pytest.raises(RuntimeError, match="no CUDA kernel for sampling_run_histogram"):
+    with pytest.raises(RuntimeError, match="no CUDA kernel for sample_histogram"):
         sample_anchors(labels, labels, backend="cuda")
 
 
+@pytest.mark.parametrize("kernels", ["triton", "cuda"])
 @pytest.mark.parametrize("max_samples", [4, 1000])
-def test_cuda_path_is_value_free(max_samples):
-    # The driver with the CUDA ops on meta tensors (their fake kernels serve Meta): any host
-    # read of a value in the "cuda" path would raise here, as in the torch path's test.
+def test_fused_paths_are_value_free(max_samples, kernels):
+    # The fused driver with its ops on meta tensors (their fake kernels serve Meta): any
+    # host read of a value would raise here, as in the torch path's test.
+    if kernels == "cuda" and not hasattr(torch.ops.pixcontrast, "sample_select"):
+        pytest.skip("extension built from older sources")
     labels = torch.randint(0, 5, (2, 8, 9), device="meta")
-    idx, lab = _sample(labels, labels, max_samples, 3, -1, None, kernels="cuda")
+    idx, lab = _sample_fused(labels, labels, max_samples, 3, -1, None, kernels=kernels)
     assert idx.shape == lab.shape == (max_samples,)
     assert idx.dtype == lab.dtype == torch.int64
 
@@ -434,6 +439,46 @@ def test_cuda_sync_free_and_graph_capturable(backend):
     assert len(seen) > 1, "replays must draw fresh random numbers"
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_triton_matches_torch_bit_for_bit(case):
+    # The fused Triton path (one sort of set << R | key) and the torch path (argsort of the
+    # keys, stable sort by run) draw the same keys and order each set by (key, index).
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
+    B, h, w, max_samples, max_views, ignore_index = case
+    dev = device_for("triton")
+    labels, preds = (t.to(dev) for t in make_maps(B, h, w, max_views, ignore_index))
+    for dtype in (torch.int64, torch.int32):
+        seed = int(torch.randint(0, 2**31, ()))
+        outs = {}
+        for backend in ("torch", "triton"):
+            g = torch.Generator(device=dev).manual_seed(seed)
+            outs[backend] = sample_anchors(labels.to(dtype), preds.to(dtype),
+                                           max_samples=max_samples, max_views=max_views,
+                                           ignore_index=ignore_index, generator=g,
+                                           backend=backend)
+        check_sample(*outs["triton"], labels, preds, max_samples, max_views, ignore_index)
+        assert torch.equal(outs["triton"][0], outs["torch"][0])
+        assert torch.equal(outs["triton"][1], outs["torch"][1])
+
+
+def test_triton_takes_any_int64_label():
+    # The fused kernels never form 2·label: labels at the ends of int64 and spread over
+    # more than one histogram window are sampled like any other.
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
+    values = torch.tensor([-2**63, 2**63 - 1, -3, 300, 2**62 + 7, 40])
+    labels = values[torch.randint(0, 6, (3, 9, 10))]
+    labels = torch.where(torch.rand(labels.shape) < 0.1, -1, labels)
+    preds = torch.where(torch.rand(labels.shape) < 0.4, values[torch.randint(0, 6, labels.shape)],
+                        labels)
+    dev = device_for("triton")
+    idx, lab = sample_anchors(labels.to(dev), preds.to(dev), max_samples=60, max_views=9,
+                              backend="triton")
+    got = check_sample(idx, lab, labels, preds, 60, 9, -1)
+    assert {c for _, c in got} >= {-2**63, 2**63 - 1}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", CASES)
 def test_cuda_matches_torch_bit_for_bit(case):
@@ -466,25 +511,30 @@ def test_cuda_compile_fullgraph():
 
 @pytest.mark.gpu
 def test_cuda_ops_name_the_bad_argument():
-    n = 12
-    i64 = torch.zeros(n, dtype=torch.int64, device="cuda")
-    b = torch.zeros(n, dtype=torch.bool, device="cuda")
-    hist = torch.ops.pixcontrast.sampling_run_histogram
-    with pytest.raises(RuntimeError, match="easy must be Bool"):
-        hist(i64, i64, i64, i64, b, 4)
-    with pytest.raises(RuntimeError, match="rank must be 1-D"):
-        hist(i64, i64[:5], i64, b, b, 4)
-    with pytest.raises(RuntimeError, match="valid must be a CUDA tensor"):
-        hist(i64, i64, i64, b, b.cpu(), 4)
-    with pytest.raises(RuntimeError, match="hw"):
-        hist(i64, i64, i64, b, b, 5)
-    select = torch.ops.pixcontrast.sampling_select_scatter
-    out = torch.full((7,), -1, dtype=torch.int64, device="cuda")
-    p = i64[:3]
-    with pytest.raises(RuntimeError, match="views must hold one element"):
-        select(i64, b, i64, i64, i64, i64, b[:3], p, p, p, p, out, out.clone(), -1)
-    with pytest.raises(RuntimeError, match="pair_easy must be 1-D"):
-        select(i64, b, i64, i64, i64, i64, b[:3], p, i64[:2], p, i64[:1], out, out.clone(), -1)
+    # Every check reads metadata only and formats shapes itself (csrc/cuda/binding.h): a
+    # failing check on a sliced argument raises (on the H200 the former ops' 1-D checks of
+    # a view killed the process instead).
+    i64 = torch.zeros(12, dtype=torch.int64, device="cuda")
+    counter = torch.zeros(1, dtype=torch.int32, device="cuda")
+    lab = i64.view(2, 6)
+    hist = torch.ops.pixcontrast.sample_histogram
+    keys = torch.zeros(12 + 4, dtype=torch.int64, device="cuda")  # P = 12 // 3 = 4 > 2
+    with pytest.raises(RuntimeError, match="labels must be Long"):
+        hist(lab.int(), lab, keys, counter, 2, 2, -1)
+    with pytest.raises(RuntimeError, match="predictions must be \\[2, 6\\]"):
+        hist(lab, i64[:6].view(1, 6), keys, counter, 2, 2, -1)
+    with pytest.raises(RuntimeError, match="keys must be 1-D"):
+        hist(lab, lab, keys[:13], counter, 2, 2, -1)
+    with pytest.raises(RuntimeError, match="counter must be Int"):
+        hist(lab, lab, keys, counter.long(), 2, 2, -1)
+    with pytest.raises(RuntimeError, match="keys must be a CUDA tensor"):
+        hist(lab, lab, keys.cpu(), counter, 2, 2, -1)
+    select = torch.ops.pixcontrast.sample_select
+    ws = torch.zeros(7, 2 * 2, dtype=torch.int64, device="cuda")  # pimg = 6 // 3 = 2
+    out = torch.full((5,), -1, dtype=torch.int64, device="cuda")
+    with pytest.raises(RuntimeError, match="ws must be \\[7, 4\\]"):
+        select(lab, lab, ws[:3], out, out.clone(), 2)
+    with pytest.raises(RuntimeError, match="out_lab must be 1-D"):
+        select(lab, lab, ws, out, i64[:4], 2)
     with pytest.raises(RuntimeError, match="out_lab must be contiguous"):
-        strided = torch.full((14,), -1, dtype=torch.int64, device="cuda")[::2]
-        select(i64, b, i64, i64, i64, i64, b[:3], p, p, p, i64[:1], out, strided, -1)
+        select(lab, lab, ws, out, torch.zeros(10, dtype=torch.int64, device="cuda")[::2], 2)

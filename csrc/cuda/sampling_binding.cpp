@@ -1,10 +1,13 @@
 // Torch glue of the CUDA anchor-sampling kernels (csrc/cuda/sampling.h): argument checks
 // that name the argument, device guard, current stream, launch check, and the CUDA
-// registration of the `sampling_run_histogram` / `sampling_select_scatter` schemas of
-// csrc/ops.cpp. Built only against a CUDA build of torch (setup.py).
+// registration of the `sample_histogram` / `sample_select` schemas of csrc/sampling_ops.cpp.
+// Built only against a CUDA build of torch (setup.py).
+//
+// Every check reads metadata only and runs before any data_ptr(); shapes are formatted by
+// shape_string (csrc/cuda/binding.h), never streamed as IntArrayRef.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>  // at::cuda::getCurrentCUDAStream (at:: = c10::)
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>  // at::cuda::getCurrentCUDAStream (at:: = c10::)
 #include <torch/library.h>
 
 #include "cuda/binding.h"
@@ -13,125 +16,109 @@
 namespace pixcontrast {
 namespace {
 
-constexpr const char* kHistogramOp = "pixcontrast::sampling_run_histogram";
-constexpr const char* kSelectOp = "pixcontrast::sampling_select_scatter";
+constexpr const char* kHistogramOp = "pixcontrast::sample_histogram";
+constexpr const char* kSelectOp = "pixcontrast::sample_select";
 
-// A 1-D [n] tensor of `dtype` on `ref`'s CUDA device; returned contiguous (a copy only
-// when the caller passed a strided view: inputs are never written).
-at::Tensor checked_input(const char* op, const at::Tensor& t, const char* name,
-                         at::ScalarType dtype, int64_t n, const char* n_name,
-                         const at::Tensor& ref, const char* ref_name) {
+// A CUDA int64 tensor on `ref`'s device, contiguous (the kernels index it flat).
+void check_int64(const char* op, const at::Tensor& t, const char* name, const at::Tensor& ref,
+                 const char* ref_name) {
   PIXCONTRAST_CHECK_CUDA_TENSOR(op, t, name);
   PIXCONTRAST_CHECK_SAME_DEVICE(op, t, ref, name, ref_name);
-  PIXCONTRAST_CHECK_DTYPE(op, t, dtype, name);
-  PIXCONTRAST_CHECK_1D(op, t, n, name, n_name);
-  return t.contiguous();
+  PIXCONTRAST_CHECK_DTYPE(op, t, at::kLong, name);
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous, got strides ",
+              shape_string(t.strides()));
 }
 
-at::Tensor sampling_run_histogram_cuda(const at::Tensor& run_key, const at::Tensor& rank,
-                                       const at::Tensor& cls, const at::Tensor& easy,
-                                       const at::Tensor& valid, int64_t hw) {
-  PIXCONTRAST_CHECK_CUDA_TENSOR(kHistogramOp, run_key, "run_key");
-  TORCH_CHECK(run_key.dim() == 1, kHistogramOp, ": run_key must be 1-D [n], got shape ",
-              run_key.sizes());
-  const int64_t n = run_key.size(0);
-  const at::Tensor key_c = checked_input(kHistogramOp, run_key, "run_key", at::kLong, n, "n",
-                                         run_key, "run_key");
-  const at::Tensor rank_c =
-      checked_input(kHistogramOp, rank, "rank", at::kLong, n, "n", run_key, "run_key");
-  const at::Tensor cls_c =
-      checked_input(kHistogramOp, cls, "cls", at::kLong, n, "n", run_key, "run_key");
-  const at::Tensor easy_c =
-      checked_input(kHistogramOp, easy, "easy", at::kBool, n, "n", run_key, "run_key");
-  const at::Tensor valid_c =
-      checked_input(kHistogramOp, valid, "valid", at::kBool, n, "n", run_key, "run_key");
-  TORCH_CHECK(n == 0 || hw > 0, kHistogramOp, ": hw (pixels per image) must be > 0, got ",
-              hw);
-  TORCH_CHECK(n == 0 || n % hw == 0, kHistogramOp, ": n = ", n,
-              " must be a multiple of hw = ", hw, " (n = B·h·w)");
+void check_2d(const char* op, const at::Tensor& t, const char* name, int64_t rows,
+              int64_t cols) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, op, ": ", name,
+              " must be [", rows, ", ", cols, "], got shape ", shape_string(t.sizes()));
+}
 
-  const c10::cuda::CUDAGuard guard(run_key.device());
-  at::Tensor counts = at::empty({n, 2}, run_key.options().dtype(at::kLong));
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_histogram_cuda(
+    const at::Tensor& labels, const at::Tensor& predictions, const at::Tensor& keys,
+    at::Tensor& counter, int64_t max_samples, int64_t max_views, int64_t ignore_index) {
+  check_int64(kHistogramOp, labels, "labels", labels, "labels");
+  TORCH_CHECK(labels.dim() == 2, kHistogramOp, ": labels must be 2-D [B, hw], got shape ",
+              shape_string(labels.sizes()));
+  const int64_t batch = labels.size(0), hw = labels.size(1);
+  check_int64(kHistogramOp, predictions, "predictions", labels, "labels");
+  check_2d(kHistogramOp, predictions, "predictions", batch, hw);
+  TORCH_CHECK(max_samples >= 1 && max_views >= 1, kHistogramOp,
+              ": max_samples and max_views must be >= 1, got ", max_samples, " and ",
+              max_views);
+  const int64_t n = batch * hw;
+  const int64_t slots = n / (max_views + 1) > 1 ? n / (max_views + 1) : 1;  // P
+  const int64_t n_keys = n + (max_samples < slots ? slots : 0);
+  check_int64(kHistogramOp, keys, "keys", labels, "labels");
+  PIXCONTRAST_CHECK_1D_SIZE(kHistogramOp, keys, n_keys, "keys",
+                            "B·hw (+ P when max_samples < P)");
+  PIXCONTRAST_CHECK_CUDA_TENSOR(kHistogramOp, counter, "counter");
+  PIXCONTRAST_CHECK_SAME_DEVICE(kHistogramOp, counter, labels, "counter", "labels");
+  PIXCONTRAST_CHECK_DTYPE(kHistogramOp, counter, at::kInt, "counter");
+  TORCH_CHECK(counter.numel() == 1, kHistogramOp, ": counter must hold one element, got shape ",
+              shape_string(counter.sizes()));
+
+  const int64_t pimg = cuda::sampling_pairs_per_image(hw, max_views);
+  const auto opts = labels.options();
+  at::Tensor sort_keys = at::empty({batch, hw}, opts);
+  at::Tensor ws = at::empty({cuda::kWsRows, batch * pimg}, opts);
+  at::Tensor npairs = at::empty({batch}, opts);
+  at::Tensor out_idx = at::empty({max_samples}, opts);
+  at::Tensor out_lab = at::empty({max_samples}, opts);
   if (n == 0) {
-    return counts;
+    out_idx.fill_(-1);
+    out_lab.fill_(ignore_index);
+    return {sort_keys, ws, out_idx, out_lab};
   }
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const c10::cuda::CUDAGuard guard(labels.device());
+  const cuda::SamplingShape shape{batch, hw, max_samples, max_views, ignore_index};
   PIXCONTRAST_CHECK_LAUNCH(
-      cuda::sampling_run_histogram(key_c.data_ptr<int64_t>(), rank_c.data_ptr<int64_t>(),
-                                   cls_c.data_ptr<int64_t>(), easy_c.data_ptr<bool>(),
-                                   valid_c.data_ptr<bool>(), n, hw,
-                                   counts.data_ptr<int64_t>(), stream),
-      "sampling_run_histogram");
-  return counts;
+      cuda::sampling_histogram(labels.data_ptr<int64_t>(), predictions.data_ptr<int64_t>(),
+                               keys.data_ptr<int64_t>(), shape, sort_keys.data_ptr<int64_t>(),
+                               ws.data_ptr<int64_t>(), npairs.data_ptr<int64_t>(),
+                               counter.data_ptr<int32_t>(), out_idx.data_ptr<int64_t>(),
+                               out_lab.data_ptr<int64_t>(),
+                               at::cuda::getCurrentCUDAStream()),
+      "sampling_histogram");
+  return {sort_keys, ws, out_idx, out_lab};
 }
 
-void sampling_select_scatter_cuda(const at::Tensor& cls, const at::Tensor& easy,
-                                  const at::Tensor& rank, const at::Tensor& lab,
-                                  const at::Tensor& pix, const at::Tensor& pair_of_cls,
-                                  const at::Tensor& kept, const at::Tensor& pair_hard,
-                                  const at::Tensor& pair_easy, const at::Tensor& offset,
-                                  const at::Tensor& views, at::Tensor& out_idx,
-                                  at::Tensor& out_lab, int64_t ignore_index) {
-  PIXCONTRAST_CHECK_CUDA_TENSOR(kSelectOp, cls, "cls");
-  TORCH_CHECK(cls.dim() == 1, kSelectOp, ": cls must be 1-D [n], got shape ", cls.sizes());
-  TORCH_CHECK(kept.dim() == 1, kSelectOp, ": kept must be 1-D [num_pairs], got shape ",
-              kept.sizes());
-  TORCH_CHECK(out_idx.dim() == 1, kSelectOp, ": out_idx must be 1-D [out_size], got shape ",
-              out_idx.sizes());
-  const int64_t n = cls.size(0);
-  const int64_t num_pairs = kept.size(0);
-  const int64_t out_size = out_idx.size(0);
-  auto in = [&](const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t size,
-                const char* size_name) {
-    return checked_input(kSelectOp, t, name, dtype, size, size_name, cls, "cls");
-  };
-  const at::Tensor cls_c = in(cls, "cls", at::kLong, n, "n");
-  const at::Tensor easy_c = in(easy, "easy", at::kBool, n, "n");
-  const at::Tensor rank_c = in(rank, "rank", at::kLong, n, "n");
-  const at::Tensor lab_c = in(lab, "lab", at::kLong, n, "n");
-  const at::Tensor pix_c = in(pix, "pix", at::kLong, n, "n");
-  const at::Tensor pair_of_cls_c = in(pair_of_cls, "pair_of_cls", at::kLong, n, "n");
-  const at::Tensor kept_c = in(kept, "kept", at::kBool, num_pairs, "num_pairs");
-  const at::Tensor hard_c = in(pair_hard, "pair_hard", at::kLong, num_pairs, "num_pairs");
-  const at::Tensor easy_n_c = in(pair_easy, "pair_easy", at::kLong, num_pairs, "num_pairs");
-  const at::Tensor offset_c = in(offset, "offset", at::kLong, num_pairs, "num_pairs");
-  PIXCONTRAST_CHECK_CUDA_TENSOR(kSelectOp, views, "views");
-  PIXCONTRAST_CHECK_SAME_DEVICE(kSelectOp, views, cls, "views", "cls");
-  PIXCONTRAST_CHECK_DTYPE(kSelectOp, views, at::kLong, "views");
-  TORCH_CHECK(views.numel() == 1, kSelectOp,
-              ": views must hold one element (V, on the device), got shape ", views.sizes());
-  const at::Tensor views_c = views.contiguous();
-  // Outputs are written in place: they must be the caller's own contiguous storage.
-  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{out_idx, "out_idx"},
-                                {out_lab, "out_lab"}}) {
-    PIXCONTRAST_CHECK_CUDA_TENSOR(kSelectOp, t, name);
-    PIXCONTRAST_CHECK_SAME_DEVICE(kSelectOp, t, cls, name, "cls");
-    PIXCONTRAST_CHECK_DTYPE(kSelectOp, t, at::kLong, name);
-    PIXCONTRAST_CHECK_1D(kSelectOp, t, out_size, name, "out_size");
-    TORCH_CHECK(t.is_contiguous(), kSelectOp, ": ", name,
-                " must be contiguous (it is written in place), got strides ", t.strides());
-  }
-
-  if (n == 0 || num_pairs == 0 || out_size == 0) {
+void sample_select_cuda(const at::Tensor& sorted_keys, const at::Tensor& perm,
+                        const at::Tensor& ws, at::Tensor& out_idx, at::Tensor& out_lab,
+                        int64_t max_views) {
+  check_int64(kSelectOp, sorted_keys, "sorted_keys", sorted_keys, "sorted_keys");
+  TORCH_CHECK(sorted_keys.dim() == 2, kSelectOp,
+              ": sorted_keys must be 2-D [B, hw], got shape ", shape_string(sorted_keys.sizes()));
+  const int64_t batch = sorted_keys.size(0), hw = sorted_keys.size(1);
+  check_int64(kSelectOp, perm, "perm", sorted_keys, "sorted_keys");
+  check_2d(kSelectOp, perm, "perm", batch, hw);
+  TORCH_CHECK(max_views >= 1, kSelectOp, ": max_views must be >= 1, got ", max_views);
+  check_int64(kSelectOp, ws, "ws", sorted_keys, "sorted_keys");
+  check_2d(kSelectOp, ws, "ws", cuda::kWsRows,
+           batch * cuda::sampling_pairs_per_image(hw, max_views));
+  check_int64(kSelectOp, out_idx, "out_idx", sorted_keys, "sorted_keys");
+  TORCH_CHECK(out_idx.dim() == 1, kSelectOp, ": out_idx must be 1-D [max_samples], got shape ",
+              shape_string(out_idx.sizes()));
+  check_int64(kSelectOp, out_lab, "out_lab", sorted_keys, "sorted_keys");
+  PIXCONTRAST_CHECK_1D_SIZE(kSelectOp, out_lab, out_idx.size(0), "out_lab", "max_samples");
+  const int64_t max_samples = out_idx.size(0);
+  if (batch * hw == 0 || max_samples == 0) {
     return;
   }
-  const c10::cuda::CUDAGuard guard(cls.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const c10::cuda::CUDAGuard guard(sorted_keys.device());
+  const cuda::SamplingShape shape{batch, hw, max_samples, max_views, 0};
   PIXCONTRAST_CHECK_LAUNCH(
-      cuda::sampling_select_scatter(
-          cls_c.data_ptr<int64_t>(), easy_c.data_ptr<bool>(), rank_c.data_ptr<int64_t>(),
-          lab_c.data_ptr<int64_t>(), pix_c.data_ptr<int64_t>(),
-          pair_of_cls_c.data_ptr<int64_t>(), n, kept_c.data_ptr<bool>(),
-          hard_c.data_ptr<int64_t>(), easy_n_c.data_ptr<int64_t>(),
-          offset_c.data_ptr<int64_t>(), num_pairs, views_c.data_ptr<int64_t>(), ignore_index,
-          out_idx.data_ptr<int64_t>(), out_lab.data_ptr<int64_t>(), out_size, stream),
-      "sampling_select_scatter");
+      cuda::sampling_select(sorted_keys.data_ptr<int64_t>(), perm.data_ptr<int64_t>(),
+                            ws.data_ptr<int64_t>(), shape, out_idx.data_ptr<int64_t>(),
+                            out_lab.data_ptr<int64_t>(), at::cuda::getCurrentCUDAStream()),
+      "sampling_select");
 }
 
 }  // namespace
 }  // namespace pixcontrast
 
 TORCH_LIBRARY_IMPL(pixcontrast, CUDA, m) {
-  m.impl("sampling_run_histogram", &pixcontrast::sampling_run_histogram_cuda);
-  m.impl("sampling_select_scatter", &pixcontrast::sampling_select_scatter_cuda);
+  m.impl("sample_histogram", &pixcontrast::sample_histogram_cuda);
+  m.impl("sample_select", &pixcontrast::sample_select_cuda);
 }
