@@ -46,7 +46,10 @@ def _extensions():
     torch = _import_torch()
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]
+    # -ffp-contract=off: a logit s = dot·(1/τ) must be rounded before any later s − λ, in
+    # every pass, or the column backward's e^{s−λ} drifts from the forward's (docs/design.md
+    # §2.3); GCC would otherwise fuse them into FMAs in the AVX2/AVX-512 clones.
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
     if sys.platform == "darwin":
         cxx.remove("-fopenmp")
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")

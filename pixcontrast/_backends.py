@@ -102,7 +102,8 @@ class OpBackends:
     empty when it can), in the order they are listed to users. ``priority``: device type ->
     the backends ``"auto"`` tries, fastest first. ``aliases``: other accepted names (kept for
     existing callers) -> a name of ``checks``. ``auto_hint`` ends the error when ``"auto"``
-    finds nothing.
+    finds nothing. ``rank``: an optional per-workload order that, when it has one for the
+    inputs, replaces ``priority`` (only shapes, dtypes and process settings: traceable).
     """
 
     op: str
@@ -110,6 +111,9 @@ class OpBackends:
     priority: dict[str, tuple[str, ...]]
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
     auto_hint: str = ""
+    # Optional per-workload order: ``rank(device, *inputs) -> tuple | None`` replaces the
+    # device's priority list when it returns one (the loss on CUDA: measured_order()).
+    rank: Callable[..., tuple[str, ...] | None] | None = None
 
     def __post_init__(self):
         for name in [*self.checks, *self.aliases.values()]:
@@ -141,6 +145,8 @@ class OpBackends:
                                    + "; ".join(reasons))
             return name
         candidates = self.priority.get(device.type, ())
+        if self.rank is not None:
+            candidates = self.rank(device, *inputs) or candidates
         found = []
         for name in candidates:
             reasons = self.checks[name](device, *inputs)
@@ -156,3 +162,52 @@ class OpBackends:
 def runs_anywhere(device: torch.device, *inputs) -> list[str]:
     """The check of a plain PyTorch backend."""
     return []
+
+
+# --------------------------------------------------------------------------------------
+# Measured speed of the fused loss on CUDA, per workload and mode: what "auto" orders by.
+# --------------------------------------------------------------------------------------
+
+# fwd+bwd milliseconds on an H200 by benchmarks/bench_loss.py, detached bank, D = 256.
+# Source: benchmarks/results/h200-2026-11-30/bench-loss.md (commit d6e774b) for "triton".
+# "cuda" is None: the CUDA backend was rebuilt (chunked cuBLAS GEMMs + fused row passes,
+# issue 15) after that run, whose "cuda" rows timed the WMMA kernels it replaced (11.5 ms
+# bf16, 16.5 TF32, 23.1 strict fp32 at paper-bank). A GPU session re-measures and fills
+# the numbers in; nothing else needs to change. A backend without a number ranks after
+# every measured one, in the order of LOSS_DEFAULT_ORDER.
+LOSS_FWD_BWD_MS_H200: dict[tuple[str, str], dict[str, float | None]] = {
+    # (workload, mode): {backend: ms}
+    ("paper-bank", "bf16"): {"triton": 5.18, "cuda": None},
+    ("paper-bank", "tf32"): {"triton": 12.0, "cuda": None},
+    ("paper-bank", "fp32"): {"triton": 29.4, "cuda": None},
+    ("paper-mem-config", "bf16"): {"triton": 1.98, "cuda": None},
+    ("paper-mem-config", "tf32"): {"triton": 3.09, "cuda": None},
+    ("paper-mem-config", "fp32"): {"triton": 6.86, "cuda": None},
+}
+LOSS_DEFAULT_ORDER = ("triton", "cuda")
+
+
+def loss_workload(n_anchors: int) -> str:
+    """The measured workload nearest to ``n_anchors`` rows: ``"paper-mem-config"`` (N = 120)
+    up to 256 anchors, else ``"paper-bank"`` (N = 1024)."""
+    return "paper-mem-config" if n_anchors <= 256 else "paper-bank"
+
+
+def loss_mode(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """The measured mode for a dtype: 16-bit inputs as "bf16" (fp16 was not measured; its
+    products run the same way), fp32 as "tf32" or "fp32" (strict)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return "bf16"
+    return "tf32" if allow_tf32 else "fp32"
+
+
+def measured_order(workload: str, mode: str,
+                   table: dict[tuple[str, str], dict[str, float | None]] | None = None,
+                   default: tuple[str, ...] = LOSS_DEFAULT_ORDER) -> tuple[str, ...]:
+    """Backends fastest first for (workload, mode) by ``table`` (default: the H200 table);
+    unmeasured ones after the measured, in ``default`` order."""
+    times = (LOSS_FWD_BWD_MS_H200 if table is None else table).get((workload, mode), {})
+    measured = sorted((ms, default.index(b) if b in default else len(default), b)
+                      for b, ms in times.items() if ms is not None)
+    order = [b for _, _, b in measured]
+    return tuple(order + [b for b in default if b not in order])

@@ -226,12 +226,21 @@ def test_cuda_opcheck(mode):
     torch.library.opcheck(torch.ops.pixcontrast.infonce_forward.default, args)
 
 
-def test_cuda_rejects_wide_embeddings():
+def test_cuda_takes_wide_embeddings_triton_does_not():
+    """The CUDA backend's products are cuBLAS GEMMs and its row passes loop over D: any D.
+    Triton keeps the padded D on chip (≤ 512)."""
     needs("cuda")
-    a = torch.randn(8, 600, device="cuda")
+    a = torch.randn(8, 600, device="cuda", requires_grad=True)
     y = torch.randint(0, 3, (8,), device="cuda")
-    with pytest.raises(RuntimeError, match="cuda: embedding dim 600 > 512"):
-        fused_pixel_contrast(a, y, backend="cuda")
+    loss = fused_pixel_contrast(a, y, backend="cuda")
+    (grad,) = torch.autograd.grad(loss, a)
+    ad = a.detach().double().requires_grad_()
+    ref = fused_pixel_contrast(ad, y, backend="torch")
+    (ref_grad,) = torch.autograd.grad(ref, ad)
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
+    with pytest.raises(RuntimeError, match="triton: embedding dim 600 > 512"):
+        fused_pixel_contrast(a, y, backend="triton")
 
 
 def chunked_loss(a, y, bank, z, tau=0.1, base=0.07, chunk=1 << 20):

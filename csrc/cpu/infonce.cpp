@@ -1,23 +1,28 @@
-// C++ CPU kernels of the per-positive InfoNCE (docs/design.md §1; schemas in csrc/ops.cpp).
+// C++ CPU kernels of the per-positive InfoNCE (docs/design.md §1, §6.3; schemas in
+// csrc/ops.cpp).
 //
-//   infonce_forward           one tiled pass over the columns for the negatives (online
+// The chunk loops are csrc/common/chunk_loop.h's, shared with the CUDA binding, and the
+// per-element math is csrc/common/infonce_rows.h's, shared with the CUDA row-pass kernels;
+// this file holds the CPU policy: GEMMs through the torch build's BLAS (at::mm_out / addmm_,
+// MKL on x86) and the row passes as row loops parallelised with at::parallel_for, whose
+// fp32 inner loops GCC vectorises (fast_math.h, target clones).
+//
+//   infonce_forward           a chunked pass over the columns for the negatives (online
 //                             log-sum-exp and, flash-attention style, the softmax-weighted
 //                             sum U of the negatives for the anchor gradient), then a pass
 //                             over the same-class (row block, column block) pairs only for
 //                             the positives, which need the final lse.
-//   infonce_backward_columns  one recompute pass over the columns: S tile, G tile, Gᵀ·Â.
+//   infonce_backward_columns  one recompute pass over the columns: S chunk, G chunk, Gᵀ·Â.
 //
 // Columns are the anchors themselves when self_contrast (the pair i == j excluded),
 // followed by the M rows of `contrast`. The N × columns logits never exist: each pass
-// holds one [rows, T] tile (≤ 8 MB) and one [T, D] column tile. Accumulation is float32
-// (float64 for float64 inputs); every tile product is an MKL GEMM through at::mm_out /
-// addmm_, and the elementwise work is a row loop parallelised with at::parallel_for whose
-// fp32 inner loops GCC vectorises (fast_math.h, target clones).
+// holds one [rows, T] chunk (≤ 8 MB) and one [T, D] column chunk. Accumulation is float32
+// (float64 for float64 inputs).
 //
-// Measured on the 2-core AVX-512 dev machine at paper size (fp32, N = 1024, M = 190 000,
-// D = 256, bank mode): forward with the anchor gradient 1.17-1.34 s, column backward
-// 1.19-1.34 s, against 1.07-1.20 s for the two tiled GEMMs alone in the same processes
-// (the machine is shared, hence the ranges); forward peak extra RSS 23 MB.
+// `_infonce_forward_device_schedule` / `_infonce_backward_columns_device_schedule` run the
+// same loops with the CUDA binding's schedule (no host filtering or sorting, masks only,
+// one positive block over everything) and the CUDA kernels' bodies
+// (csrc/common/infonce_row_pass.h, one thread per row): the CPU tests of what the GPU runs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -30,13 +35,15 @@
 #include <tuple>
 #include <vector>
 
+#include "common/chunk_loop.h"
+#include "common/infonce_row_pass.h"
+#include "common/infonce_rows.h"
 #include "fast_math.h"
 
 namespace pixcontrast::cpu {
 namespace {
 
-constexpr double kNormEps = 1e-12;           // F.normalize's eps
-constexpr int64_t kTileBytes = 8 << 20;      // one logits tile; also bounds the column tile
+constexpr int64_t kTileBytes = 8 << 20;      // one logits chunk; also bounds the column chunk
 constexpr int64_t kMinTile = 64;
 constexpr int kLanes = 16;                   // independent accumulators (row kernels)
 
@@ -44,8 +51,9 @@ template <typename T>
 constexpr T kInf = std::numeric_limits<T>::infinity();
 
 // ---------------------------------------------------------------------------------------
-// Row kernels. Reductions keep kLanes independent partial results: without
-// -ffast-math GCC will not reorder a float sum or max, but it does vectorise the lane loop.
+// Row kernels: one row of a logits chunk, the per-element math of csrc/common/infonce_rows.h.
+// Reductions keep kLanes independent partial results: without -ffast-math GCC will not
+// reorder a float sum or max, but it does vectorise the lane loop.
 
 template <typename T>
 PIXCONTRAST_INLINE T dot_impl(const T* a, const T* b, int64_t n) {
@@ -59,99 +67,97 @@ PIXCONTRAST_INLINE T dot_impl(const T* a, const T* b, int64_t n) {
   return total;
 }
 
-// Negatives of one row over one column tile (online log-sum-exp step). On entry s holds
-// the logits; on exit p_j = e^{s_j − m_new} for negatives and 0 elsewhere, ready for the
+// Negatives of one row over one chunk (online log-sum-exp step). On entry s holds the dot
+// products; on exit p_j = e^{s_j − m_new} for negatives and 0 elsewhere, ready for the
 // U += P·Ĉ product. Updates the running max m and sum l; returns α = e^{m_old − m_new},
 // the factor the caller applies to the row's U.
 template <typename T>
 PIXCONTRAST_INLINE T negatives_row_impl(T* s, const int64_t* z, int64_t t, int64_t y,
-                                        int64_t ignore, T* m, T* l) {
+                                        int64_t ignore, T inv_t, T* m, T* l) {
   T mx[kLanes];
   for (int k = 0; k < kLanes; ++k) mx[k] = -kInf<T>;
   T tail = -kInf<T>;
   int64_t j = 0;
   for (; j + kLanes <= t; j += kLanes)
     for (int k = 0; k < kLanes; ++k) {
-      const bool neg = (z[j + k] != y) & (z[j + k] != ignore);  // no short-circuit branch
-      const T v = neg ? s[j + k] : -kInf<T>;
+      const T v = rows::negative_logit(s[j + k], inv_t, z[j + k], y, ignore);
       s[j + k] = v;
       mx[k] = mx[k] > v ? mx[k] : v;
     }
   for (; j < t; ++j) {
-    const bool neg = (z[j] != y) & (z[j] != ignore);
-    const T v = neg ? s[j] : -kInf<T>;
+    const T v = rows::negative_logit(s[j], inv_t, z[j], y, ignore);
     s[j] = v;
     tail = tail > v ? tail : v;
   }
   for (int k = 0; k < kLanes; ++k) tail = tail > mx[k] ? tail : mx[k];
   const T m_old = *m;
-  const T m_new = m_old > tail ? m_old : tail;
-  if (m_new == -kInf<T>) {  // no negative so far: nothing to add, e^{−inf − (−inf)} is NaN
-    std::fill(s, s + t, T(0));
-    return T(1);
-  }
+  const T m_new = rows::new_max(m_old, tail);
   T sum[kLanes] = {};
   j = 0;
   for (; j + kLanes <= t; j += kLanes)
     for (int k = 0; k < kLanes; ++k) {
-      const T p = exp_acc(s[j + k] - m_new);  // −inf → 0
+      const T p = rows::negative_weight(s[j + k], m_new);
       s[j + k] = p;
       sum[k] += p;
     }
   T total = 0;
   for (; j < t; ++j) {
-    const T p = exp_acc(s[j] - m_new);
+    const T p = rows::negative_weight(s[j], m_new);
     s[j] = p;
     total += p;
   }
   for (int k = 0; k < kLanes; ++k) total += sum[k];
-  const T alpha = exp_acc(m_old - m_new);  // m_old = −inf → 0
+  const T alpha = rows::rescale_factor(m_old, m_new);
   *m = m_new;
   *l = alpha * *l + total;
   return alpha;
 }
 
-// Positives of one row over one chunk of its own class: every entry is a positive (the
-// caller sets an excluded self pair to +inf, which contributes exactly 0). Adds
-// Σ softplus(lse − s) and Σ σ(lse − s) and leaves σ(lse − s) in s for V += σ·Ĉ.
+// Positives of one row over one chunk: adds Σ softplus(lse − s), Σ σ(lse − s) and |P| over
+// its positives (column `self_col` is the row itself, −1 if none) and leaves σ (0 for the
+// other columns) in s for V += σ·Ĉ.
 template <typename T>
-PIXCONTRAST_INLINE void positives_row_impl(T* s, int64_t t, T lse, double* loss,
-                                           double* sig) {
+PIXCONTRAST_INLINE void positives_row_impl(T* s, const int64_t* z, int64_t t, int64_t y,
+                                           int64_t ignore, T inv_t, T lse, int64_t self_col,
+                                           double* loss, double* sig, int64_t* count) {
   T lacc[kLanes] = {}, sacc[kLanes] = {};
+  int64_t cacc[kLanes] = {};
   T ltail = 0, stail = 0;
-  auto step = [lse](T& sj, T& la, T& sa) {
-    const T x = lse - sj;
-    const T e = exp_acc(-std::abs(x));  // stable softplus / sigmoid share e^{−|x|}
-    const T sp = (x > T(0) ? x : T(0)) + log1p_unit(e);
-    const T sg = (x >= T(0) ? T(1) : e) / (T(1) + e);
-    sj = sg;
-    la += sp;
+  int64_t ctail = 0;
+  auto step = [&](int64_t jj, T& la, T& sa, int64_t& ca) {
+    const bool pos = rows::is_positive(z[jj], y, ignore, jj == self_col);
+    T sp, sg;
+    rows::softplus_sigmoid(lse - rows::logit(s[jj], inv_t), &sp, &sg);
+    sg = keep_if(pos, sg);
+    s[jj] = sg;
+    la += keep_if(pos, sp);
     sa += sg;
+    ca += pos;
   };
   int64_t j = 0;
   for (; j + kLanes <= t; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) step(s[j + k], lacc[k], sacc[k]);
-  for (; j < t; ++j) step(s[j], ltail, stail);
+    for (int k = 0; k < kLanes; ++k) step(j + k, lacc[k], sacc[k], cacc[k]);
+  for (; j < t; ++j) step(j, ltail, stail, ctail);
   for (int k = 0; k < kLanes; ++k) {
     ltail += lacc[k];
     stail += sacc[k];
+    ctail += cacc[k];
   }
   *loss += ltail;
   *sig += stail;
+  *count += ctail;
 }
 
-// Column-gradient weights of one row over one tile (without the self pair, which the
-// caller zeroes): G = c_neg·e^{s−lse} for negatives, c_pos·σ(lse − s) = c_pos/(1 + e^{s−lse})
-// for positives (one exponential serves both), 0 for ignored columns. With lse = −inf (no
-// negative) e = inf: positives get c_pos/inf = 0, and the masked negative term drops the
-// inf·0 = NaN it would otherwise produce.
+// Column-gradient weights of one row over one chunk (rows::column_weight; `self_col` as in
+// positives_row, its weight 0).
 template <typename T>
 PIXCONTRAST_INLINE void gradient_row_impl(T* s, const int64_t* z, int64_t t, int64_t y,
-                                          int64_t ignore, T lse, T c_neg, T c_pos) {
+                                          int64_t ignore, T inv_t, T lse, T c_neg, T c_pos,
+                                          int64_t self_col) {
   for (int64_t j = 0; j < t; ++j) {
-    const T e = exp_acc(s[j] - lse);
-    s[j] = keep_if(z[j] == y, c_pos) / (T(1) + e) +
-           keep_if((z[j] != y) & (z[j] != ignore), c_neg * e);
+    const bool pos = rows::is_positive(z[j], y, ignore, j == self_col);
+    const bool neg = rows::is_negative(z[j], y, ignore);
+    s[j] = rows::column_weight(rows::logit(s[j], inv_t), lse, pos, neg, c_neg, c_pos);
   }
 }
 
@@ -162,29 +168,33 @@ PIXCONTRAST_CLONES float dot(const float* a, const float* b, int64_t n) {
 double dot(const double* a, const double* b, int64_t n) { return dot_impl(a, b, n); }
 
 PIXCONTRAST_CLONES float negatives_row(float* s, const int64_t* z, int64_t t, int64_t y,
-                                       int64_t ignore, float* m, float* l) {
-  return negatives_row_impl(s, z, t, y, ignore, m, l);
+                                       int64_t ignore, float inv_t, float* m, float* l) {
+  return negatives_row_impl(s, z, t, y, ignore, inv_t, m, l);
 }
 double negatives_row(double* s, const int64_t* z, int64_t t, int64_t y, int64_t ignore,
-                     double* m, double* l) {
-  return negatives_row_impl(s, z, t, y, ignore, m, l);
+                     double inv_t, double* m, double* l) {
+  return negatives_row_impl(s, z, t, y, ignore, inv_t, m, l);
 }
 
-PIXCONTRAST_CLONES void positives_row(float* s, int64_t t, float lse, double* loss,
-                                      double* sig) {
-  positives_row_impl(s, t, lse, loss, sig);
+PIXCONTRAST_CLONES void positives_row(float* s, const int64_t* z, int64_t t, int64_t y,
+                                      int64_t ignore, float inv_t, float lse, int64_t self_col,
+                                      double* loss, double* sig, int64_t* count) {
+  positives_row_impl(s, z, t, y, ignore, inv_t, lse, self_col, loss, sig, count);
 }
-void positives_row(double* s, int64_t t, double lse, double* loss, double* sig) {
-  positives_row_impl(s, t, lse, loss, sig);
+void positives_row(double* s, const int64_t* z, int64_t t, int64_t y, int64_t ignore,
+                   double inv_t, double lse, int64_t self_col, double* loss, double* sig,
+                   int64_t* count) {
+  positives_row_impl(s, z, t, y, ignore, inv_t, lse, self_col, loss, sig, count);
 }
 
 PIXCONTRAST_CLONES void gradient_row(float* s, const int64_t* z, int64_t t, int64_t y,
-                                     int64_t ignore, float lse, float c_neg, float c_pos) {
-  gradient_row_impl(s, z, t, y, ignore, lse, c_neg, c_pos);
+                                     int64_t ignore, float inv_t, float lse, float c_neg,
+                                     float c_pos, int64_t self_col) {
+  gradient_row_impl(s, z, t, y, ignore, inv_t, lse, c_neg, c_pos, self_col);
 }
 void gradient_row(double* s, const int64_t* z, int64_t t, int64_t y, int64_t ignore,
-                  double lse, double c_neg, double c_pos) {
-  gradient_row_impl(s, z, t, y, ignore, lse, c_neg, c_pos);
+                  double inv_t, double lse, double c_neg, double c_pos, int64_t self_col) {
+  gradient_row_impl(s, z, t, y, ignore, inv_t, lse, c_neg, c_pos, self_col);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -199,13 +209,9 @@ int64_t row_grain(int64_t width) {
 // below eps the norm is a constant, so there is no projection (as F.normalize's autograd).
 template <typename T>
 void normalize_backward(T* g, const T* xhat, T inv, int64_t D) {
-  const T inv_eps = T(1) / T(kNormEps);  // same expression as in load_rows: exact compare
-  if (inv < inv_eps) {
-    const T p = dot(xhat, g, D);
-    for (int64_t d = 0; d < D; ++d) g[d] = (g[d] - xhat[d] * p) * inv;
-  } else {
-    for (int64_t d = 0; d < D; ++d) g[d] *= inv;
-  }
+  const bool project = rows::projects(inv);
+  const T p = project ? dot(xhat, g, D) : T(0);
+  for (int64_t d = 0; d < D; ++d) g[d] = rows::normalize_backward(g[d], xhat[d], p, inv, project);
 }
 
 // out[k] = scale · x̂_r (x̂ = x/max(‖x‖, eps) if normalize, else x) for r = idx[k] (or
@@ -226,7 +232,7 @@ void load_rows_typed(const at::Tensor& src, const int64_t* idx, int64_t first, i
         for (int64_t d = 0; d < D; ++d) o[d] = static_cast<acc_t>(row[d * s1]);
       }
       acc_t inv = 1;
-      if (normalize) inv = acc_t(1) / std::max(std::sqrt(dot(o, o, D)), acc_t(kNormEps));
+      if (normalize) inv = rows::inv_norm(dot(o, o, D));
       const acc_t f = inv * scale;
       if (f != acc_t(1))
         for (int64_t d = 0; d < D; ++d) o[d] *= f;
@@ -284,193 +290,388 @@ void check_inputs(const char* op, const at::Tensor& anchors, const at::Tensor& l
 }
 
 // ---------------------------------------------------------------------------------------
-// Forward.
+// Policies of the shared chunk loops (csrc/common/chunk_loop.h).
+//
+// Host schedule (the CPU op): ignored rows and columns are dropped on the host, rows are
+// visited in stable label order and the valid contrast columns in label order (the sort is
+// skipped when they already are, as the bank's), so that the positives pass multiplies each
+// class block of rows against that class's columns only (cost N·M·D/K).
+// Device schedule (the CPU twin of the CUDA op, `_infonce_*_device_schedule`, for tests):
+// what the CUDA binding does without reading any label on the host: every row and column
+// in the caller's order, the masks of the row passes alone excluding ignored ones, and one
+// positive block holding everything.
+
+struct Chunk {
+  at::Tensor op;       // [count, D] normalised columns, accumulation dtype
+  const int64_t* z;    // [count] their labels
+  bool is_self;        // the anchors seen as columns
+  int64_t start;       // the first column's index within its segment
+};
+
+// Sorted position of the self pair in a chunk for a row whose own column index is `id`.
+inline int64_t self_column(const Chunk& c, int64_t id, int64_t count) {
+  const int64_t q = id - c.start;
+  return c.is_self && q >= 0 && q < count ? q : -1;
+}
 
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
-    const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
-    const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore, bool normalize, bool need_grad) {
-  const int64_t N = anchors.size(0), D = anchors.size(1), M = contrast.size(0);
-  const at::TensorOptions opts = anchors.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  // Outputs start at their empty-set values: what ignored rows, rows without positives
-  // (loss, pos_sig, grad 0) and rows without negatives (lse −inf) keep.
-  at::Tensor row_loss = at::zeros({N}, opts);
-  at::Tensor lse_out = at::full({N}, -kInf<double>, opts);
-  at::Tensor pos_sig_out = at::zeros({N}, opts);
-  at::Tensor num_pos_out = at::zeros({N}, opts);
-  at::Tensor row_grad = at::zeros({need_grad ? N : 0, D}, opts);
+struct ForwardPolicy {
+  const at::Tensor& anchors;
+  const at::Tensor& contrast;
+  bool self_contrast, normalize, need_grad_;
+  acc_t inv_t;
+  int64_t ignore;
+  at::TensorOptions opts;
+  int64_t D = 0;
+  std::vector<int64_t> row_ids, ys;  // caller's row index and label per visited row
+  std::vector<int64_t> col_ids, zs;  // contrast columns visited (empty ids: all, in order)
+  const int64_t* z_all = nullptr;
+  bool host_schedule;
+  at::Tensor a_hat, inv_norm_a, s_buf, c_buf, U_, V_;
+  int64_t T = 1;
+  std::vector<acc_t> m, l, lse;
+  std::vector<double> loss, psig;  // host schedule
+  std::vector<int64_t> npos;
+  std::vector<acc_t> loss_t, sig_t, cnt_t;  // device schedule (the GPU kernels' accumulators)
+  // outputs (caller's row order)
+  at::Tensor row_loss, lse_out, pos_sig_out, num_pos_out, row_grad;
 
-  // Valid rows, stably sorted by label: each class is then one contiguous row block, which
-  // the positives pass multiplies against that class's columns only (cost N·M·D/K).
-  const at::Tensor y_all_t = labels.contiguous();
-  const int64_t* y_all = y_all_t.const_data_ptr<int64_t>();
-  std::vector<int64_t> rows;
-  for (int64_t i = 0; i < N; ++i)
-    if (y_all[i] != ignore) rows.push_back(i);
-  std::stable_sort(rows.begin(), rows.end(),
-                   [&](int64_t a, int64_t b) { return y_all[a] < y_all[b]; });
-  const int64_t nv = static_cast<int64_t>(rows.size());
-  std::vector<int64_t> ys(nv);
-  for (int64_t k = 0; k < nv; ++k) ys[k] = y_all[rows[k]];
+  int64_t rows_count() const { return static_cast<int64_t>(row_ids.size()); }
+  int64_t columns_count() const {
+    return host_schedule ? static_cast<int64_t>(col_ids.size()) : contrast.size(0);
+  }
 
-  // Valid contrast columns in label order (the memory bank is stored class-sorted, so the
-  // sort is usually skipped); zs are their labels.
-  const at::Tensor z_all_t = contrast_labels.contiguous();
-  const int64_t* z_all = z_all_t.const_data_ptr<int64_t>();
-  std::vector<int64_t> cols;
-  for (int64_t j = 0; j < M; ++j)
-    if (z_all[j] != ignore) cols.push_back(j);
-  auto by_label = [&](int64_t a, int64_t b) { return z_all[a] < z_all[b]; };
-  if (!std::is_sorted(cols.begin(), cols.end(), by_label))
-    std::stable_sort(cols.begin(), cols.end(), by_label);
-  const int64_t nc = static_cast<int64_t>(cols.size());
-  std::vector<int64_t> zs(nc);
-  for (int64_t k = 0; k < nc; ++k) zs[k] = z_all[cols[k]];
+  // Segments: 0 = the anchors (self-contrast only), then the contrast rows.
+  int num_segments() const { return self_contrast ? 2 : 1; }
+  bool segment_is_self(int seg) const { return self_contrast && seg == 0; }
+  int64_t segment_size(int seg) const {
+    return segment_is_self(seg) ? rows_count() : columns_count();
+  }
+  int64_t chunk_width() const { return T; }
+  bool need_grad() const { return need_grad_; }
+  at::Tensor rows() const { return a_hat; }
+  at::Tensor& U() { return U_; }
+  at::Tensor& V() { return V_; }
 
-  if (nv == 0 || (nc == 0 && !self_contrast))
-    return {row_loss, lse_out, pos_sig_out, num_pos_out, row_grad};
-
-  // Â (normalised anchors, also the self columns) and Â_s = Â·inv_temperature, so that a
-  // logits tile is the single GEMM S = Â_s·Ĉᵀ.
-  at::Tensor a_hat = at::empty({nv, D}, opts);
-  at::Tensor inv_norm_a = at::empty({nv}, opts);
-  load_rows<acc_t>(anchors, rows.data(), 0, nv, normalize, acc_t(1), a_hat.data_ptr<acc_t>(),
-                   inv_norm_a.data_ptr<acc_t>());
-  const at::Tensor a_s = a_hat.mul(inv_temperature);
-
-  const int64_t T = tile_width(nv, D, sizeof(acc_t), (self_contrast ? nv : 0) + nc);
-  at::Tensor s_buf = at::empty({nv * T}, opts);
-  at::Tensor c_buf = at::empty({T * D}, opts);
-  auto load_columns = [&](int64_t start, int64_t t) {  // contrast columns cols[start, start+t)
-    load_rows<acc_t>(contrast, cols.data() + start, 0, t, normalize, acc_t(1),
+  Chunk columns(int seg, int64_t start, int64_t count) {
+    if (segment_is_self(seg)) return {a_hat.narrow(0, start, count), ys.data() + start, true, start};
+    load_rows<acc_t>(contrast, host_schedule ? col_ids.data() + start : nullptr,
+                     host_schedule ? 0 : start, count, normalize, acc_t(1),
                      c_buf.data_ptr<acc_t>(), nullptr);
-    return front(c_buf, t, D);
-  };
+    return {front(c_buf, count, D), (host_schedule ? zs.data() : z_all) + start, false, start};
+  }
 
-  // Pass 1, negatives: online max m, sum l and U = Σ_neg e^{s−m} ĉ (flash-attention style).
-  std::vector<acc_t> m(nv, -kInf<acc_t>), l(nv, acc_t(0));
-  at::Tensor U = need_grad ? at::zeros({nv, D}, opts) : at::Tensor();
-  auto negatives_tile = [&](const at::Tensor& c_tile, const int64_t* z) {
-    const int64_t t = c_tile.size(0);
-    at::Tensor S = front(s_buf, nv, t);
-    at::mm_out(S, a_s, c_tile.t());
+  at::Tensor logits(const at::Tensor& rows_op, const Chunk& c) {
+    at::Tensor S = front(s_buf, rows_op.size(0), c.op.size(0));
+    at::mm_out(S, rows_op, c.op.t());
+    return S;
+  }
+
+  at::Tensor negatives(const at::Tensor& S, const Chunk& c) {
+    const int64_t t = S.size(1);
     acc_t* sp = S.data_ptr<acc_t>();
-    acc_t* up = need_grad ? U.data_ptr<acc_t>() : nullptr;
-    at::parallel_for(0, nv, row_grain(t), [&](int64_t b, int64_t e) {
+    acc_t* up = need_grad_ ? U_.data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, S.size(0), row_grain(t), [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) {
-        const acc_t alpha = negatives_row(sp + k * t, z, t, ys[k], ignore, &m[k], &l[k]);
+        if (!host_schedule) {  // the GPU kernel's body, one thread per row
+          rows::negatives_pass(rows::SerialGroup{}, row_chunk(sp, c, k, t), acc_t(1), &m[k],
+                               &l[k], up ? up + k * D : nullptr, D);
+          continue;
+        }
+        const acc_t alpha =
+            negatives_row(sp + k * t, c.z, t, ys[k], ignore, inv_t, &m[k], &l[k]);
         if (up && alpha != acc_t(1))
           for (int64_t d = 0; d < D; ++d) up[k * D + d] *= alpha;
       }
     });
-    if (need_grad) U.addmm_(S, c_tile);
-  };
-  if (self_contrast)  // the self pair has equal labels, so it is never a negative
-    for (int64_t start = 0; start < nv; start += T)
-      negatives_tile(a_hat.narrow(0, start, std::min(T, nv - start)), ys.data() + start);
-  for (int64_t start = 0; start < nc; start += T) {
-    const int64_t t = std::min(T, nc - start);
-    negatives_tile(load_columns(start, t), zs.data() + start);
+    return S;
   }
-  std::vector<acc_t> lse(nv);
-  for (int64_t k = 0; k < nv; ++k)
-    lse[k] = m[k] == -kInf<acc_t> ? -kInf<acc_t> : m[k] + std::log(l[k]);
 
-  // Pass 2, positives: for each class block, its own columns only (self block, then the
-  // contrast columns of that label), in chunks of T.
-  std::vector<double> loss(nv, 0.0), psig(nv, 0.0);
-  std::vector<int64_t> npos(nv, 0);
-  at::Tensor V = need_grad ? at::zeros({nv, D}, opts) : at::Tensor();
-  for (int64_t begin = 0; begin < nv;) {
-    int64_t end = begin;
-    while (end < nv && ys[end] == ys[begin]) ++end;
-    const int64_t nb = end - begin;
-    const at::Tensor a_c = a_s.narrow(0, begin, nb);
-    // self_first: sorted row index of the chunk's first column when the chunk holds self
-    // columns (its self pair is excluded), −1 otherwise.
-    auto positives_chunk = [&](const at::Tensor& c_chunk, int64_t self_first) {
-      const int64_t t = c_chunk.size(0);
-      at::Tensor S = front(s_buf, nb, t);
-      at::mm_out(S, a_c, c_chunk.t());
-      acc_t* sp = S.data_ptr<acc_t>();
-      at::parallel_for(0, nb, row_grain(t), [&](int64_t b, int64_t e) {
-        for (int64_t k = b; k < e; ++k) {
-          acc_t* s = sp + k * t;
-          const int64_t q = begin + k - self_first;
-          if (self_first >= 0 && q >= 0 && q < t) s[q] = kInf<acc_t>;  // contributes 0
-          positives_row(s, t, lse[begin + k], &loss[begin + k], &psig[begin + k]);
+  void accumulate(at::Tensor& acc, const at::Tensor& P, const Chunk& c) { acc.addmm_(P, c.op); }
+
+  void finish_negatives() {
+    for (int64_t k = 0; k < rows_count(); ++k) lse[k] = rows::lse_of(m[k], l[k]);
+  }
+
+  std::vector<chunks::PositiveBlock> positive_blocks() const {
+    std::vector<chunks::PositiveBlock> blocks;
+    const int64_t nv = rows_count();
+    if (!host_schedule) {
+      for (int seg = 0; seg < num_segments(); ++seg)
+        blocks.push_back({0, nv, seg, 0, segment_size(seg)});
+      return blocks;
+    }
+    for (int64_t begin = 0; begin < nv;) {  // one class block of rows at a time
+      int64_t end = begin;
+      while (end < nv && ys[end] == ys[begin]) ++end;
+      if (self_contrast) blocks.push_back({begin, end, 0, begin, end});
+      const auto range = std::equal_range(zs.begin(), zs.end(), ys[begin]);
+      blocks.push_back({begin, end, num_segments() - 1, range.first - zs.begin(),
+                        range.second - zs.begin()});
+      begin = end;
+    }
+    return blocks;
+  }
+
+  at::Tensor positives(const at::Tensor& S, const Chunk& c, int64_t row_begin) {
+    const int64_t t = S.size(1);
+    acc_t* sp = S.data_ptr<acc_t>();
+    at::parallel_for(0, S.size(0), row_grain(t), [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        const int64_t r = row_begin + k;
+        if (!host_schedule) {
+          rows::positives_pass(rows::SerialGroup{}, row_chunk(sp, c, k, t, row_begin), lse[r],
+                               acc_t(1), &loss_t[r], &sig_t[r], &cnt_t[r]);
+          continue;
         }
-      });
-      if (need_grad) V.narrow(0, begin, nb).addmm_(S, c_chunk);
-    };
-    if (self_contrast)
-      for (int64_t start = begin; start < end; start += T)
-        positives_chunk(a_hat.narrow(0, start, std::min(T, end - start)), start);
-    const auto range = std::equal_range(zs.begin(), zs.end(), ys[begin]);
-    const int64_t cb = range.first - zs.begin(), ce = range.second - zs.begin();
-    for (int64_t start = cb; start < ce; start += T) {
-      const int64_t t = std::min(T, ce - start);
-      positives_chunk(load_columns(start, t), -1);
-    }
-    for (int64_t k = begin; k < end; ++k) npos[k] = (ce - cb) + (self_contrast ? nb - 1 : 0);
-    begin = end;
+        positives_row(sp + k * t, c.z, t, ys[r], ignore, inv_t, lse[r], self_column(c, r, t),
+                      &loss[r], &psig[r], &npos[r]);
+      }
+    });
+    return S;
   }
 
-  // Finalise in the original row order. row_grad_i = (inv_t/|P|)·(pos_sig·U/l − V), then
+  // Outputs in the caller's row order. row_grad_i = a·U − b·V (rows::row_grad_coefs), then
   // through the normalisation.
-  acc_t* loss_p = row_loss.data_ptr<acc_t>();
-  acc_t* lse_p = lse_out.data_ptr<acc_t>();
-  acc_t* sig_p = pos_sig_out.data_ptr<acc_t>();
-  acc_t* np_p = num_pos_out.data_ptr<acc_t>();
-  for (int64_t k = 0; k < nv; ++k) {
-    const int64_t i = rows[k];
-    lse_p[i] = lse[k];
-    np_p[i] = static_cast<acc_t>(npos[k]);
-    if (npos[k] > 0) {
-      loss_p[i] = static_cast<acc_t>(loss[k] / static_cast<double>(npos[k]));
-      sig_p[i] = static_cast<acc_t>(psig[k]);
-    }
+  // Row k of a chunk for the GPU kernels' bodies (weights in place over S).
+  rows::RowChunk<acc_t, acc_t> row_chunk(acc_t* sp, const Chunk& c, int64_t k, int64_t t,
+                                         int64_t row_begin = 0) const {
+    const int64_t r = row_begin + k;
+    return {sp + k * t, sp + k * t, c.z, t, ys[r], self_column(c, r, t), inv_t, ignore};
   }
-  if (need_grad) {
-    const acc_t* up = U.const_data_ptr<acc_t>();
-    const acc_t* vp = V.const_data_ptr<acc_t>();
+
+  void finalize() {
+    if (!host_schedule) return finalize_device_schedule();
+    acc_t* loss_p = row_loss.data_ptr<acc_t>();
+    acc_t* lse_p = lse_out.data_ptr<acc_t>();
+    acc_t* sig_p = pos_sig_out.data_ptr<acc_t>();
+    acc_t* np_p = num_pos_out.data_ptr<acc_t>();
+    const int64_t nv = rows_count();
+    for (int64_t k = 0; k < nv; ++k) {
+      const int64_t i = row_ids[k];
+      lse_p[i] = lse[k];
+      np_p[i] = static_cast<acc_t>(npos[k]);
+      if (npos[k] > 0) {
+        loss_p[i] = static_cast<acc_t>(loss[k] / static_cast<double>(npos[k]));
+        sig_p[i] = static_cast<acc_t>(psig[k]);
+      }
+    }
+    if (!need_grad_) return;
+    const acc_t* up = U_.const_data_ptr<acc_t>();
+    const acc_t* vp = V_.const_data_ptr<acc_t>();
     const acc_t* ah = a_hat.const_data_ptr<acc_t>();
     const acc_t* inv_n = inv_norm_a.const_data_ptr<acc_t>();
     acc_t* gp = row_grad.data_ptr<acc_t>();
     at::parallel_for(0, nv, row_grain(D), [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) {
         if (npos[k] == 0) continue;
-        acc_t* g = gp + rows[k] * D;
-        const acc_t coef = static_cast<acc_t>(inv_temperature / static_cast<double>(npos[k]));
-        // l = 0 only without negatives, where U = 0 as well.
-        const acc_t u = l[k] > acc_t(0) ? static_cast<acc_t>(psig[k] / l[k]) : acc_t(0);
-        for (int64_t d = 0; d < D; ++d) g[d] = coef * (u * up[k * D + d] - vp[k * D + d]);
+        acc_t* g = gp + row_ids[k] * D;
+        acc_t ca, cb;
+        rows::row_grad_coefs(inv_t, static_cast<acc_t>(psig[k]), l[k],
+                             static_cast<acc_t>(npos[k]), &ca, &cb);
+        for (int64_t d = 0; d < D; ++d) g[d] = ca * up[k * D + d] - cb * vp[k * D + d];
         if (normalize) normalize_backward(g, ah + k * D, inv_n[k], D);
       }
     });
   }
-  return {row_loss, lse_out, pos_sig_out, num_pos_out, row_grad};
+
+  // The GPU finalize kernel's body (rows in the caller's order).
+  void finalize_device_schedule() {
+    acc_t* loss_p = row_loss.data_ptr<acc_t>();
+    acc_t* lse_p = lse_out.data_ptr<acc_t>();
+    acc_t* sig_p = pos_sig_out.data_ptr<acc_t>();
+    acc_t* np_p = num_pos_out.data_ptr<acc_t>();
+    const acc_t* up = need_grad_ ? U_.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* vp = need_grad_ ? V_.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* ah = a_hat.const_data_ptr<acc_t>();
+    const acc_t* inv_n = inv_norm_a.const_data_ptr<acc_t>();
+    acc_t* gp = need_grad_ ? row_grad.data_ptr<acc_t>() : nullptr;
+    at::parallel_for(0, rows_count(), row_grain(D), [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        const rows::RowTerms<acc_t> t = rows::row_terms(loss_t[k], sig_t[k], cnt_t[k]);
+        lse_p[k] = lse[k];
+        np_p[k] = t.num_pos;
+        loss_p[k] = t.row_loss;
+        sig_p[k] = t.pos_sig;
+        if (gp == nullptr) continue;
+        const acc_t* x = ah + k * D;
+        rows::row_gradient(rows::SerialGroup{}, inv_t, sig_t[k], l[k], t.num_pos, up + k * D,
+                           vp + k * D, acc_t(1), normalize, inv_n[k],
+                           [x](int64_t d) { return x[d]; }, gp + k * D, D);
+      }
+    });
+  }
+};
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
+    const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
+    const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
+    int64_t ignore, bool normalize, bool need_grad, bool host_schedule) {
+  const int64_t N = anchors.size(0), D = anchors.size(1), M = contrast.size(0);
+  const at::TensorOptions opts = anchors.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  ForwardPolicy<acc_t> pol{anchors, contrast, self_contrast, normalize, need_grad,
+                           static_cast<acc_t>(inv_temperature), ignore, opts};
+  pol.D = D;
+  pol.host_schedule = host_schedule;
+  // Outputs start at their empty-set values: what ignored rows, rows without positives
+  // (loss, pos_sig, grad 0) and rows without negatives (lse −inf) keep.
+  pol.row_loss = at::zeros({N}, opts);
+  pol.lse_out = at::full({N}, -kInf<double>, opts);
+  pol.pos_sig_out = at::zeros({N}, opts);
+  pol.num_pos_out = at::zeros({N}, opts);
+  pol.row_grad = at::zeros({need_grad ? N : 0, D}, opts);
+  auto outputs = [&] {
+    return std::make_tuple(pol.row_loss, pol.lse_out, pol.pos_sig_out, pol.num_pos_out,
+                           pol.row_grad);
+  };
+
+  const at::Tensor y_all_t = labels.contiguous();
+  const int64_t* y_all = y_all_t.const_data_ptr<int64_t>();
+  const at::Tensor z_all_t = contrast_labels.contiguous();
+  pol.z_all = z_all_t.const_data_ptr<int64_t>();
+  if (host_schedule) {
+    for (int64_t i = 0; i < N; ++i)
+      if (y_all[i] != ignore) pol.row_ids.push_back(i);
+    std::stable_sort(pol.row_ids.begin(), pol.row_ids.end(),
+                     [&](int64_t a, int64_t b) { return y_all[a] < y_all[b]; });
+    for (int64_t j = 0; j < M; ++j)
+      if (pol.z_all[j] != ignore) pol.col_ids.push_back(j);
+    auto by_label = [&](int64_t a, int64_t b) { return pol.z_all[a] < pol.z_all[b]; };
+    if (!std::is_sorted(pol.col_ids.begin(), pol.col_ids.end(), by_label))
+      std::stable_sort(pol.col_ids.begin(), pol.col_ids.end(), by_label);
+    for (int64_t j : pol.col_ids) pol.zs.push_back(pol.z_all[j]);
+  } else {
+    for (int64_t i = 0; i < N; ++i) pol.row_ids.push_back(i);
+  }
+  const int64_t nv = pol.rows_count(), nc = pol.columns_count();
+  for (int64_t i : pol.row_ids) pol.ys.push_back(y_all[i]);
+  if (nv == 0 || (nc == 0 && !self_contrast)) return outputs();
+
+  pol.a_hat = at::empty({nv, D}, opts);
+  pol.inv_norm_a = at::empty({nv}, opts);
+  load_rows<acc_t>(anchors, pol.row_ids.data(), 0, nv, normalize, acc_t(1),
+                   pol.a_hat.template data_ptr<acc_t>(), pol.inv_norm_a.template data_ptr<acc_t>());
+  pol.T = tile_width(nv, D, sizeof(acc_t), (self_contrast ? nv : 0) + nc);
+  pol.s_buf = at::empty({nv * pol.T}, opts);
+  pol.c_buf = at::empty({pol.T * D}, opts);
+  pol.m.assign(nv, -kInf<acc_t>);
+  pol.l.assign(nv, acc_t(0));
+  pol.lse.assign(nv, -kInf<acc_t>);
+  pol.loss.assign(nv, 0.0);
+  pol.psig.assign(nv, 0.0);
+  pol.npos.assign(nv, 0);
+  if (!host_schedule) {
+    pol.loss_t.assign(nv, acc_t(0));
+    pol.sig_t.assign(nv, acc_t(0));
+    pol.cnt_t.assign(nv, acc_t(0));
+  }
+  if (need_grad) {
+    pol.U_ = at::zeros({nv, D}, opts);
+    pol.V_ = at::zeros({nv, D}, opts);
+  }
+  chunks::forward(pol);
+  return outputs();
 }
 
 // ---------------------------------------------------------------------------------------
 // Column backward.
 
 template <typename acc_t>
+struct BackwardPolicy {
+  const at::Tensor& anchors;
+  const at::Tensor& contrast;
+  const int64_t* y;
+  const int64_t* z;
+  bool self_contrast, normalize;
+  acc_t inv_t;
+  int64_t ignore;
+  int64_t D = 0, T = 1;
+  bool host_schedule = true;
+  std::vector<int64_t> act, y_a;
+  std::vector<acc_t> lse_a, c_neg, c_pos, sig_a, coef_a;
+  at::Tensor a_hat, s_buf, c_buf, inv_c, grad_contrast, grad_anchor_cols;
+
+  int num_segments() const { return self_contrast ? 2 : 1; }
+  bool segment_is_self(int seg) const { return self_contrast && seg == 0; }
+  int64_t segment_size(int seg) const {
+    return segment_is_self(seg) ? anchors.size(0) : contrast.size(0);
+  }
+  int64_t chunk_width() const { return T; }
+  at::Tensor rows() const { return a_hat; }
+
+  Chunk columns(int seg, int64_t start, int64_t count) {
+    const bool self = segment_is_self(seg);
+    load_rows<acc_t>(self ? anchors : contrast, nullptr, start, count, normalize, acc_t(1),
+                     c_buf.data_ptr<acc_t>(), inv_c.data_ptr<acc_t>());
+    return {front(c_buf, count, D), (self ? y : z) + start, self, start};
+  }
+
+  at::Tensor logits(const at::Tensor& rows_op, const Chunk& c) {
+    at::Tensor S = front(s_buf, rows_op.size(0), c.op.size(0));
+    at::mm_out(S, rows_op, c.op.t());
+    return S;
+  }
+
+  at::Tensor weights(const at::Tensor& S, const Chunk& c) {
+    const int64_t t = S.size(1);
+    acc_t* sp = S.data_ptr<acc_t>();
+    at::parallel_for(0, S.size(0), row_grain(t), [&](int64_t b, int64_t e) {
+      for (int64_t k = b; k < e; ++k) {
+        if (!host_schedule) {  // the GPU kernel's body
+          const rows::RowChunk<acc_t, acc_t> r{sp + k * t, sp + k * t, c.z, t, y_a[k],
+                                               self_column(c, act[k], t), inv_t, ignore};
+          rows::weights_pass(rows::SerialGroup{}, r, lse_a[k], sig_a[k], coef_a[k], acc_t(1));
+          continue;
+        }
+        gradient_row(sp + k * t, c.z, t, y_a[k], ignore, inv_t, lse_a[k], c_neg[k], c_pos[k],
+                     self_column(c, act[k], t));
+      }
+    });
+    return S;
+  }
+
+  // dĈ = Gᵀ·Â (G carries the 1/τ of ∂s/∂ĉ), then the column normalisation backprop.
+  void column_gradient(int seg, int64_t start, const at::Tensor& G, const Chunk& c) {
+    const int64_t t = G.size(1);
+    at::Tensor dc = (segment_is_self(seg) ? grad_anchor_cols : grad_contrast).narrow(0, start, t);
+    at::mm_out(dc, G.t(), a_hat);
+    if (!normalize) return;
+    acc_t* gp = dc.data_ptr<acc_t>();
+    const acc_t* cp = c.op.template const_data_ptr<acc_t>();
+    const acc_t* inv_p = inv_c.const_data_ptr<acc_t>();
+    at::parallel_for(0, t, row_grain(D), [&](int64_t b, int64_t e) {
+      for (int64_t q = b; q < e; ++q) {
+        if (host_schedule) {
+          normalize_backward(gp + q * D, cp + q * D, inv_p[q], D);
+          continue;
+        }
+        const acc_t* x = cp + q * D;  // the GPU column kernel's body
+        rows::column_gradient(rows::SerialGroup{}, gp + q * D, acc_t(1), true, inv_p[q],
+                              [x](int64_t d) { return x[d]; }, D);
+      }
+    });
+  }
+};
+
+template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor> backward_columns_impl(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore, bool normalize, const at::Tensor& lse, const at::Tensor& pos_sig,
-    const at::Tensor& row_coef) {
+    const at::Tensor& row_coef, bool host_schedule) {
   const int64_t N = anchors.size(0), D = anchors.size(1), M = contrast.size(0);
   const at::TensorOptions opts = anchors.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  at::Tensor grad_contrast = at::zeros({M, D}, opts);
-  at::Tensor grad_anchor_cols = at::zeros({self_contrast ? N : 0, D}, opts);
-
   const at::Tensor y_t = labels.contiguous();
   const at::Tensor z_t = contrast_labels.contiguous();
-  const int64_t* y = y_t.const_data_ptr<int64_t>();
-  const int64_t* z = z_t.const_data_ptr<int64_t>();
+  BackwardPolicy<acc_t> pol{anchors, contrast, y_t.const_data_ptr<int64_t>(),
+                            z_t.const_data_ptr<int64_t>(), self_contrast, normalize,
+                            static_cast<acc_t>(inv_temperature), ignore};
+  pol.D = D;
+  pol.host_schedule = host_schedule;
+  pol.grad_contrast = at::zeros({M, D}, opts);
+  pol.grad_anchor_cols = at::zeros({self_contrast ? N : 0, D}, opts);
+
   const at::Tensor lse_t = lse.to(opts.dtype()).contiguous();
   const at::Tensor sig_t = pos_sig.to(opts.dtype()).contiguous();
   const at::Tensor coef_t = row_coef.to(opts.dtype()).contiguous();
@@ -478,71 +679,38 @@ std::tuple<at::Tensor, at::Tensor> backward_columns_impl(
   const acc_t* sig_p = sig_t.const_data_ptr<acc_t>();
   const acc_t* coef_p = coef_t.const_data_ptr<acc_t>();
 
-  // Only rows with a nonzero coefficient contribute: the GEMMs run over those alone.
-  std::vector<int64_t> act;
+  // Host schedule: only rows with a nonzero coefficient contribute, the GEMMs run over those
+  // alone. Device schedule: every row (the masks zero the others).
   for (int64_t i = 0; i < N; ++i)
-    if (y[i] != ignore && coef_p[i] != acc_t(0)) act.push_back(i);
-  const int64_t na = static_cast<int64_t>(act.size());
-  if (na == 0 || (M == 0 && !self_contrast)) return {grad_contrast, grad_anchor_cols};
+    if (!host_schedule || (pol.y[i] != ignore && coef_p[i] != acc_t(0))) pol.act.push_back(i);
+  const int64_t na = static_cast<int64_t>(pol.act.size());
+  if (na == 0 || (M == 0 && !self_contrast))
+    return {pol.grad_contrast, pol.grad_anchor_cols};
 
-  // Â_s = inv_temperature·Â: the same matrix serves S = Â_s·Ĉᵀ and dĈ = Gᵀ·Â_s (which
-  // carries the 1/τ of ∂s/∂ĉ).
-  at::Tensor a_s = at::empty({na, D}, opts);
-  load_rows<acc_t>(anchors, act.data(), 0, na, normalize, static_cast<acc_t>(inv_temperature),
-                   a_s.data_ptr<acc_t>(), nullptr);
-  std::vector<int64_t> y_a(na);
-  std::vector<acc_t> lse_a(na), c_neg(na), c_pos(na);
-  for (int64_t k = 0; k < na; ++k) {
-    const int64_t i = act[k];
-    y_a[k] = y[i];
-    lse_a[k] = lse_p[i];
-    c_neg[k] = coef_p[i] * sig_p[i];
-    c_pos[k] = -coef_p[i];
+  pol.a_hat = at::empty({na, D}, opts);
+  load_rows<acc_t>(anchors, pol.act.data(), 0, na, normalize, acc_t(1),
+                   pol.a_hat.template data_ptr<acc_t>(), nullptr);
+  for (int64_t i : pol.act) {
+    pol.y_a.push_back(pol.y[i]);
+    pol.lse_a.push_back(lse_p[i]);
+    // The 1/τ of ∂s/∂ĉ rides on the coefficients.
+    pol.c_neg.push_back(rows::negative_coef(coef_p[i], sig_p[i]) * pol.inv_t);
+    pol.c_pos.push_back(-coef_p[i] * pol.inv_t);
+    pol.sig_a.push_back(sig_p[i]);
+    pol.coef_a.push_back(coef_p[i]);
   }
-
-  const int64_t T = tile_width(na, D, sizeof(acc_t), (self_contrast ? N : 0) + M);
-  at::Tensor s_buf = at::empty({na * T}, opts);
-  at::Tensor c_buf = at::empty({T * D}, opts);
-  at::Tensor inv_c = at::empty({T}, opts);
-
-  // One tile of columns src[start, start+t) (labels zl) → out[start, start+t).
-  auto tile = [&](const at::Tensor& src, const int64_t* zl, int64_t start, int64_t t,
-                  at::Tensor& out, bool is_self) {
-    acc_t* cp = c_buf.data_ptr<acc_t>();
-    acc_t* inv_p = inv_c.data_ptr<acc_t>();
-    load_rows<acc_t>(src, nullptr, start, t, normalize, acc_t(1), cp, inv_p);
-    const at::Tensor C = front(c_buf, t, D);
-    at::Tensor S = front(s_buf, na, t);
-    at::mm_out(S, a_s, C.t());
-    acc_t* sp = S.data_ptr<acc_t>();
-    at::parallel_for(0, na, row_grain(t), [&](int64_t b, int64_t e) {
-      for (int64_t k = b; k < e; ++k) {
-        acc_t* s = sp + k * t;
-        gradient_row(s, zl + start, t, y_a[k], ignore, lse_a[k], c_neg[k], c_pos[k]);
-        const int64_t q = act[k] - start;
-        if (is_self && q >= 0 && q < t) s[q] = acc_t(0);  // the self pair
-      }
-    });
-    at::Tensor dc = out.narrow(0, start, t);
-    at::mm_out(dc, S.t(), a_s);
-    if (normalize) {
-      acc_t* gp = dc.data_ptr<acc_t>();
-      at::parallel_for(0, t, row_grain(D), [&](int64_t b, int64_t e) {
-        for (int64_t q = b; q < e; ++q) normalize_backward(gp + q * D, cp + q * D, inv_p[q], D);
-      });
-    }
-  };
-  if (self_contrast)
-    for (int64_t start = 0; start < N; start += T)
-      tile(anchors, y, start, std::min(T, N - start), grad_anchor_cols, true);
-  for (int64_t start = 0; start < M; start += T)
-    tile(contrast, z, start, std::min(T, M - start), grad_contrast, false);
-  return {grad_contrast, grad_anchor_cols};
+  pol.T = tile_width(na, D, sizeof(acc_t), (self_contrast ? N : 0) + M);
+  pol.s_buf = at::empty({na * pol.T}, opts);
+  pol.c_buf = at::empty({pol.T * D}, opts);
+  pol.inv_c = at::empty({pol.T}, opts);
+  chunks::backward_columns(pol);
+  return {pol.grad_contrast, pol.grad_anchor_cols};
 }
 
 // ---------------------------------------------------------------------------------------
 // Op entry points.
 
+template <bool kHostSchedule>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_forward(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
@@ -553,11 +721,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_f
               "infonce_forward: inv_temperature must be finite, got ", inv_temperature);
   if (anchors.scalar_type() == at::kDouble)
     return forward_impl<double>(anchors, labels, contrast, contrast_labels, self_contrast,
-                                inv_temperature, ignore_index, normalize, need_grad);
+                                inv_temperature, ignore_index, normalize, need_grad,
+                                kHostSchedule);
   return forward_impl<float>(anchors, labels, contrast, contrast_labels, self_contrast,
-                             inv_temperature, ignore_index, normalize, need_grad);
+                             inv_temperature, ignore_index, normalize, need_grad, kHostSchedule);
 }
 
+template <bool kHostSchedule>
 std::tuple<at::Tensor, at::Tensor> infonce_backward_columns(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
@@ -579,16 +749,19 @@ std::tuple<at::Tensor, at::Tensor> infonce_backward_columns(
   if (anchors.scalar_type() == at::kDouble)
     return backward_columns_impl<double>(anchors, labels, contrast, contrast_labels,
                                          self_contrast, inv_temperature, ignore_index,
-                                         normalize, lse, pos_sig, row_coef);
+                                         normalize, lse, pos_sig, row_coef, kHostSchedule);
   return backward_columns_impl<float>(anchors, labels, contrast, contrast_labels, self_contrast,
                                       inv_temperature, ignore_index, normalize, lse, pos_sig,
-                                      row_coef);
+                                      row_coef, kHostSchedule);
 }
 
 }  // namespace
 }  // namespace pixcontrast::cpu
 
 TORCH_LIBRARY_IMPL(pixcontrast, CPU, m) {
-  m.impl("infonce_forward", &pixcontrast::cpu::infonce_forward);
-  m.impl("infonce_backward_columns", &pixcontrast::cpu::infonce_backward_columns);
+  m.impl("infonce_forward", &pixcontrast::cpu::infonce_forward<true>);
+  m.impl("infonce_backward_columns", &pixcontrast::cpu::infonce_backward_columns<true>);
+  m.impl("_infonce_forward_device_schedule", &pixcontrast::cpu::infonce_forward<false>);
+  m.impl("_infonce_backward_columns_device_schedule",
+         &pixcontrast::cpu::infonce_backward_columns<false>);
 }

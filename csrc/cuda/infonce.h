@@ -1,23 +1,21 @@
-// Framework-free launchers of the fused per-positive InfoNCE on CUDA (docs/design.md §1).
+// Framework-free launchers of the CUDA row passes of the per-positive InfoNCE
+// (docs/design.md §1, §6.5).
 //
-// Only CUDA headers: csrc/cuda/infonce.cu compiles with plain nvcc; the torch glue is
-// csrc/cuda/infonce_binding.cpp. The contract of the two ops is the one of csrc/ops.cpp
-// (`infonce_forward`, `infonce_backward_columns`); the algorithm mirrors the Triton
-// kernels of kernels/infonce.py:
+// Only CUDA headers: csrc/cuda/infonce.cu compiles with plain nvcc; the torch glue, the
+// GEMMs (ATen → cuBLAS) and the chunk loop (csrc/common/chunk_loop.h, the one the CPU
+// backend runs too) are in csrc/cuda/infonce_binding.cpp. Per chunk of Mc columns the
+// binding runs S = Â·Ĉᵀ (cuBLAS, fp32 out), ONE of the row passes below, then the second
+// product (U += P·Ĉ, V += σ·Ĉ or dĈ = Gᵀ·Â) through cuBLAS again.
 //
-// * Anchor rows are visited in label-sorted order (`perm`, `sorted_labels`, computed by
-//   the caller on the device); the columns are one or two segments (the anchors
-//   themselves in self-contrast, then the contrast set), each its own launch.
-// * Forward, per (row block, column split): negatives pass with an online log-sum-exp and
-//   U = Σ_neg e^{s-m} ĉ; positives pass over the tiles that hold a positive pair only;
-//   finalise merges the split partials in a fixed order (deterministic, no float atomics).
-// * Column backward: one CTA per column tile recomputes the logits against every row
-//   block (bit-identical to the forward's) and accumulates Gᵀ·Â.
+// Every row pass runs one CTA per row of the chunk (kRowThreads threads), reads the row's
+// fp32 logits chunk S [rows, count] (leading dimension `count`) and writes its weights in the
+// operand dtype (bf16/fp16 into a separate buffer, fp32 in place over S). The kernels'
+// bodies are csrc/common/infonce_row_pass.h's (on csrc/common/infonce_rows.h's math), which
+// the CPU backend's device schedule runs too, one thread per row. Reductions are a fixed
+// shuffle tree plus a fixed order across warps: deterministic, no atomics.
 //
-// Tile products run on the tensor cores (WMMA): fp16 and bf16 operands as they are, fp32
-// operands as TF32 when `allow_tf32`, else as three TF32 products of a hi/lo split of each
-// operand (~2^-21 relative error per product; the tensor cores truncate each fp32
-// accumulation step, so the error is biased and grows with D: docs/design.md §2.3).
+// Launcher conventions (csrc/cuda/common.h): raw device pointers, sizes, a cudaStream_t;
+// early cudaSuccess on empty inputs; the error of the last launch.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -29,80 +27,95 @@ namespace cuda {
 
 enum class ScalarKind { kFloat32, kBFloat16, kFloat16 };
 
-constexpr int64_t kInfonceMaxDim = 512;
+constexpr int kRowThreads = 256;
 
-// Tile shape the kernels use for (dtype, allow_tf32, d): rows per block and columns per tile.
-struct InfonceTiles {
-  int64_t block_rows;
-  int64_t block_cols;
-};
-InfonceTiles infonce_tiles(ScalarKind kind, bool allow_tf32, int64_t d);
+// fp16 weights are stored times this power of two (e^{s−m} and σ are ≤ 1; fp16 normals
+// start at 2^-14, so unscaled weights below ~6e-5 would lose bits or vanish); the
+// accumulators U and V carry the factor and the finalize kernel divides it out.
+constexpr float kHalfWeightScale = 32768.f;
 
-// One column segment: rows of `data` ([num, d], element strides) with `labels`.
-struct InfonceSegment {
-  const void* data;
-  int64_t stride_row;
-  int64_t stride_dim;
-  const int64_t* labels;
-  int64_t stride_labels;
-  int64_t num;
-  bool is_self;  // the anchors themselves (self pair excluded; rows in `perm` order)
-  // Split plan (infonce_plan_splits): slots [slot_offset, slot_offset + splits).
-  int64_t tiles;
-  int64_t splits;
-  int64_t tiles_per_split;
-  int64_t slot_offset;
-};
-
-// Shared by both passes: the anchors and their label-sorted order.
-struct InfonceRows {
-  const void* anchors;  // [n, d]
-  int64_t stride_row;
-  int64_t stride_dim;
-  const int64_t* perm;           // [n] sorted position r -> anchor row perm[r]
-  const int64_t* sorted_labels;  // [n] labels[perm[r]]
-  int64_t n;
-  int64_t d;
-  ScalarKind kind;
-  bool allow_tf32;
-  bool normalize;
-  float inv_temperature;
-  int64_t ignore_index;
-};
-
-// Splits each segment into contiguous ranges of whole column tiles so that about
-// `target_ctas` CTAs run per row block (the caller passes ~2 × SMs / row blocks), with the
-// forward workspace capped at `max_workspace_bytes`. Returns the total number of slots.
-int64_t infonce_plan_splits(InfonceSegment* segments, int num_segments, const InfonceRows& rows,
-                            bool need_grad, int64_t target_ctas, int64_t max_workspace_bytes);
-
-// Forward workspace: fp32 [5, slots, n] (m, l, loss, sig, npos), and when need_grad
-// fp32 [2, slots, n, d] (U, V). Sizes in floats.
-inline int64_t infonce_workspace_scalars(int64_t slots, int64_t n) { return 5 * slots * n; }
-inline int64_t infonce_workspace_vectors(int64_t slots, int64_t n, int64_t d) {
-  return 2 * slots * n * d;
+inline float weight_scale(ScalarKind kind) {
+  return kind == ScalarKind::kFloat16 ? kHalfWeightScale : 1.f;
 }
 
-struct InfonceForwardOutputs {
-  float* row_loss;  // [n]
-  float* lse;       // [n]
-  float* pos_sig;   // [n]
-  float* num_pos;   // [n]
-  float* row_grad;  // [n, d] contiguous, or nullptr when !need_grad
+// out[k, :] = x̂_r in the operand dtype (`kind`, the input's), contiguous [count, d], for
+// rows r = first + k of src (element strides); x̂ = x / max(‖x‖, eps) when normalize,
+// else x. inv_norm[k] = 1/max(‖x‖, eps) (1 without normalize) when not null.
+cudaError_t infonce_normalize_rows(const void* src, ScalarKind kind, int64_t stride_row,
+                                   int64_t stride_dim, int64_t first, int64_t count, int64_t d,
+                                   bool normalize, void* out, float* inv_norm,
+                                   cudaStream_t stream);
+
+// The logits chunk of `rows` rows against `count` columns, and the columns' labels.
+struct InfonceChunk {
+  const float* S;            // [rows, count] dot products â·ĉ (ld = count)
+  void* P;                   // [rows, count] weights, operand dtype (may alias S for fp32)
+  ScalarKind kind;
+  int64_t rows;
+  int64_t count;
+  const int64_t* z;          // [count] column labels (contiguous)
+  const int64_t* y;          // [rows] row labels
+  bool has_self;             // the columns are anchors: row r's own column is r − self_start
+  int64_t self_start;
+  float inv_t;
+  int64_t ignore;
 };
 
-// Row pass. `segments` planned by infonce_plan_splits; `ws_scalars`/`ws_vectors` sized by
-// the functions above (`ws_vectors` unused when !need_grad). Writes every output.
-cudaError_t infonce_forward(const InfonceRows& rows, const InfonceSegment* segments,
-                            int num_segments, int64_t slots, bool need_grad, float* ws_scalars,
-                            float* ws_vectors, const InfonceForwardOutputs& out,
-                            cudaStream_t stream);
+// Negatives: online max m, sum l (fp32 [rows]); P = e^{s−m_new}·weight_scale for negatives,
+// 0 elsewhere; U [rows, d] (fp32, or null) rescaled by α = e^{m_old − m_new}.
+cudaError_t infonce_negatives(const InfonceChunk& chunk, float* m, float* l, float* U,
+                              int64_t d, cudaStream_t stream);
 
-// Column pass for one segment: grad [segment.num, d] fp32 contiguous, fully written.
-// lse, pos_sig, row_coef: fp32 [n] contiguous in the caller's row order.
-cudaError_t infonce_backward_columns(const InfonceRows& rows, const InfonceSegment& segment,
-                                     const float* lse, const float* pos_sig,
-                                     const float* row_coef, float* grad, cudaStream_t stream);
+// λ = m + log l per row (−inf without a negative), fp32 [n].
+cudaError_t infonce_lse(const float* m, const float* l, float* lse, int64_t n,
+                        cudaStream_t stream);
+
+// Positives: adds Σ softplus(λ − s), Σ σ(λ − s) and |P| over the row's positives in the chunk
+// to loss, sig, count (fp32 [rows]); P = σ·weight_scale for positives, 0 elsewhere.
+cudaError_t infonce_positives(const InfonceChunk& chunk, const float* lse, float* loss,
+                              float* sig, float* count, cudaStream_t stream);
+
+struct InfonceFinalize {
+  int64_t n, d;
+  const float* m;
+  const float* l;
+  const float* lse;
+  const float* loss;   // Σ softplus
+  const float* sig;    // Σ σ
+  const float* count;  // |P|
+  const float* U;      // [n, d] or null (no gradient)
+  const float* V;
+  const void* anchors;  // raw rows (for the normalisation backprop)
+  ScalarKind kind;
+  int64_t stride_row, stride_dim;
+  const float* inv_norm;  // [n]
+  bool normalize;
+  float inv_t;
+  float weight_scale;
+  // outputs
+  float* row_loss;
+  float* lse_out;
+  float* pos_sig;
+  float* num_pos;
+  float* row_grad;  // [n, d] or null
+};
+
+// Per row: the op's outputs (csrc/ops.cpp) and row_grad = (a·U − b·V)/weight_scale through
+// the normalisation (rows::row_grad_coefs).
+cudaError_t infonce_finalize(const InfonceFinalize& f, cudaStream_t stream);
+
+// Column-gradient weights: G = column_weight(...)/scale (scale: device fp32 [1], a power of
+// two that keeps fp16 weights in range; null → 1) for row coefficients
+// c_neg = coef·g·inv_t, c_pos = −coef·inv_t. lse, pos_sig, row_coef: fp32 [rows].
+cudaError_t infonce_weights(const InfonceChunk& chunk, const float* lse, const float* pos_sig,
+                            const float* row_coef, const float* scale, cudaStream_t stream);
+
+// In place on grad [count, d] (fp32, = Gᵀ·Â of the chunk): times scale (device [1], or null),
+// then through the normalisation of columns first .. first + count − 1 of src.
+cudaError_t infonce_columns_backward(float* grad, const float* scale, const void* src,
+                                     ScalarKind kind, int64_t stride_row, int64_t stride_dim,
+                                     int64_t first, int64_t count, int64_t d, bool normalize,
+                                     cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace pixcontrast

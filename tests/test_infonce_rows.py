@@ -1,0 +1,172 @@
+"""The chunk loop and row math the CUDA backend runs, tested on the CPU.
+
+``pixcontrast::_infonce_forward_device_schedule`` and ``_infonce_backward_columns_device_schedule``
+run csrc/common/chunk_loop.h with the CUDA binding's schedule (every row and column in the
+caller's order, masks only, the positives pass over every chunk) and the bodies of the CUDA
+row-pass kernels (csrc/common/infonce_row_pass.h, run by one thread per row here, by a CTA
+per row on the GPU; docs/design.md §6.5). Here they are judged against the float64 oracle,
+like the public CPU op; and the table behind ``backend="auto"`` on CUDA
+(pixcontrast/_backends.py) is checked.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _oracle import IGNORE, make_case
+from pixcontrast._extension import has_kernels
+from pixcontrast.infonce import reference_row_terms
+
+pytestmark = pytest.mark.skipif(not has_kernels("CPU", "_infonce_forward_device_schedule"),
+                                reason="extension not built (or built from older sources)")
+
+OPS = torch.ops.pixcontrast
+SCHEDULES = {
+    "device": (lambda: OPS._infonce_forward_device_schedule,
+               lambda: OPS._infonce_backward_columns_device_schedule),
+    "host": (lambda: OPS.infonce_forward, lambda: OPS.infonce_backward_columns),
+}
+
+
+def fused(schedule, a, y, c, z, self_contrast, inv_t, normalize, w):
+    """Row terms, d(Σ w·row_loss)/d anchors and /d contrast through the two ops, composed as
+    the autograd formula of pixcontrast/infonce.py does."""
+    fwd, bwd = (f() for f in SCHEDULES[schedule])
+    row_loss, lse, sig, npos, row_grad = fwd(a, y, c, z, self_contrast, inv_t, IGNORE,
+                                             normalize, True, False)
+    coef = torch.where(npos > 0, w / npos.clamp(min=1), 0.0)
+    gc, ga = bwd(a, y, c, z, self_contrast, inv_t, IGNORE, normalize, lse, sig, coef, False)
+    grad_a = w[:, None] * row_grad + (ga if self_contrast else 0)
+    return (row_loss, lse, sig, npos), grad_a, gc
+
+
+def oracle(a, y, c, z, self_contrast, inv_t, normalize, w):
+    ad = a.detach().double().requires_grad_()
+    cd = c.detach().double().requires_grad_()
+    terms = reference_row_terms(ad, y, cd if c.shape[0] else None, z if c.shape[0] else None,
+                                self_contrast, inv_t, IGNORE, normalize)
+    ga, gc = torch.autograd.grad((terms[0] * w).sum(), (ad, cd), allow_unused=True)
+    gc = torch.zeros_like(cd) if gc is None else gc
+    return terms, ga, gc
+
+
+def operands(case):
+    a = case.anchors
+    if case.contrast is None:
+        c, z = a.new_empty(0, a.shape[1]), case.labels.new_empty(0)
+    else:
+        c, z = case.contrast, case.contrast_labels
+    self_contrast = case.contrast is None or case.include_anchors
+    return a, case.labels, c, z, self_contrast
+
+
+def check(case, schedule, rtol, atol=1e-6):
+    a, y, c, z, self_contrast = operands(case)
+    inv_t = 1.0 / case.temperature
+    w = torch.randn(a.shape[0], dtype=torch.float64)
+    terms, ga, gc = fused(schedule, a, y, c, z, self_contrast, inv_t, case.normalize,
+                          w.to(a.dtype if a.dtype == torch.float64 else torch.float32))
+    ref_terms, ref_ga, ref_gc = oracle(a, y, c, z, self_contrast, inv_t, case.normalize, w)
+    for name, x, r in zip(("row_loss", "lse", "pos_sig", "num_pos"), terms, ref_terms):
+        finite = torch.isfinite(r)
+        assert torch.equal(torch.isfinite(x), finite), f"{name}: ±inf where the oracle has none"
+        assert (x[~finite] == r[~finite].to(x.dtype)).all(), f"{name}: wrong infinities"
+        err = (x.double()[finite] - r[finite]).abs().max().item() if finite.any() else 0.0
+        scale = r[finite].abs().max().item() if finite.any() else 0.0
+        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
+    for name, x, r in (("grad anchors", ga, ref_ga), ("grad contrast", gc, ref_gc)):
+        err = (x.double() - r).abs().max().item() if r.numel() else 0.0
+        scale = r.abs().max().item() if r.numel() else 0.0
+        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("schedule", ["device", "host"])
+@pytest.mark.parametrize("mode", ["self", "bank", "bank+anchors", "bank-grad"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_schedules_match_oracle(schedule, mode, dtype):
+    case = make_case(mode, n=41, m=97, d=12, dtype=dtype, sort_bank=False)
+    check(case, schedule, rtol=1e-10 if dtype == torch.float64 else 2e-5)
+
+
+@pytest.mark.parametrize("mode", ["self", "bank+anchors"])
+def test_device_schedule_over_several_chunks(mode):
+    """A chunk is ≤ 8 MB of fp32 logits: 1100 rows make ~1900-column chunks, so 5000
+    contrast rows (and 1100 anchor columns) span several, and row blocks see partial
+    classes in each."""
+    case = make_case(mode, n=1100, m=5000, d=8, classes=7, sort_bank=False)
+    check(case, "device", rtol=3e-5)
+
+
+@pytest.mark.parametrize("mode", ["self", "bank-grad"])
+def test_device_schedule_large_unnormalised_logits(mode):
+    """Logits ~1e4 (norms ~300, unnormalised): the column backward's e^{s−λ} must come from
+    the very logits the forward's λ did (csrc/common/infonce_rows.h: logit() is rounded
+    before any subtraction), or the contrast gradient drifts by e^{ulp(s)}."""
+    case = make_case(mode, n=33, m=71, d=20, scale=300.0, normalize=False, temperature=50.0)
+    a, y, c, z, self_contrast = operands(case)
+    w = torch.randn(a.shape[0], dtype=torch.float64)
+    _, ga, gc = fused("device", a, y, c, z, self_contrast, 1 / 50.0, False, w.float())
+    _, ref_ga, ref_gc = oracle(a, y, c, z, self_contrast, 1 / 50.0, False, w)
+    for x, r in ((ga, ref_ga), (gc, ref_gc)):
+        if r.numel():
+            assert torch.isfinite(x).all()
+            err = (x.double() - r).abs().max().item()
+            assert err <= 1e-4 * r.abs().max().item() + 1e-6, f"error {err:.3g}"
+
+
+def test_device_and_host_schedules_agree_and_are_deterministic():
+    case = make_case("bank+anchors", n=64, m=300, d=16, sort_bank=True)
+    a, y, c, z, self_contrast = operands(case)
+    w = torch.randn(a.shape[0])
+    dev1 = fused("device", a, y, c, z, self_contrast, 10.0, True, w)
+    dev2 = fused("device", a, y, c, z, self_contrast, 10.0, True, w)
+    host = fused("host", a, y, c, z, self_contrast, 10.0, True, w)
+    for x1, x2 in zip(torch.utils._pytree.tree_leaves(dev1), torch.utils._pytree.tree_leaves(dev2)):
+        assert torch.equal(x1, x2)
+    for x, h in zip(torch.utils._pytree.tree_leaves(dev1), torch.utils._pytree.tree_leaves(host)):
+        torch.testing.assert_close(x, h, rtol=2e-5, atol=2e-6)
+
+
+def test_device_schedule_rows_without_anything():
+    """Every row ignored, or no column at all: the empty-set values, no NaN."""
+    a = torch.randn(6, 5)
+    y = torch.full((6,), IGNORE)
+    c = torch.randn(9, 5)
+    z = torch.randint(0, 3, (9,))
+    out = OPS._infonce_forward_device_schedule(a, y, c, z, True, 10.0, IGNORE, True, True, False)
+    assert (out[0] == 0).all() and (out[1] == float("-inf")).all() and (out[4] == 0).all()
+    y = torch.zeros(6, dtype=torch.long)  # one class: positives, no negative
+    out = OPS._infonce_forward_device_schedule(a, y, c[:0], z[:0], True, 10.0, IGNORE, True,
+                                               True, False)
+    assert (out[1] == float("-inf")).all() and (out[0] == 0).all() and (out[3] == 5).all()
+    assert torch.isfinite(out[4]).all() and (out[4] == 0).all()
+
+
+# --- "auto" on CUDA: the measured table ------------------------------------------------
+
+def test_auto_order_follows_the_measured_table():
+    from pixcontrast._backends import LOSS_FWD_BWD_MS_H200, measured_order
+    table = {("paper-bank", "bf16"): {"triton": 5.0, "cuda": 0.9},
+             ("paper-bank", "fp32"): {"triton": 29.4, "cuda": None}}
+    assert measured_order("paper-bank", "bf16", table) == ("cuda", "triton")
+    assert measured_order("paper-bank", "fp32", table) == ("triton", "cuda")
+    assert measured_order("paper-bank", "tf32", table) == ("triton", "cuda")  # no row
+    # Today's table: the rebuilt CUDA backend has no measurement yet, Triton leads.
+    for key in LOSS_FWD_BWD_MS_H200:
+        assert measured_order(*key) == ("triton", "cuda")
+
+
+def test_auto_on_cuda_ranks_by_workload_and_mode(monkeypatch):
+    from pixcontrast import _backends, infonce
+    table = {("paper-mem-config", "bf16"): {"triton": 2.0, "cuda": 0.2},
+             ("paper-bank", "bf16"): {"triton": 1.0, "cuda": 1.1},
+             ("paper-bank", "tf32"): {"triton": 9.0, "cuda": 1.4}}
+    monkeypatch.setattr(_backends, "LOSS_FWD_BWD_MS_H200", table)
+    cuda = torch.device("cuda")
+    small, big = torch.empty(120, 8, dtype=torch.bfloat16), torch.empty(1024, 8, dtype=torch.bfloat16)
+    assert infonce._cuda_rank(cuda, small) == ("cuda", "triton")
+    assert infonce._cuda_rank(cuda, big) == ("triton", "cuda")
+    assert infonce._cuda_rank(torch.device("cpu"), big) is None
+    monkeypatch.setattr(infonce, "cuda_matmul_allows_tf32", lambda: True)
+    assert infonce._cuda_rank(cuda, torch.empty(1024, 8)) == ("cuda", "triton")
