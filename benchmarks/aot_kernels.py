@@ -19,7 +19,12 @@ argument specialisation, no launch). For each launch the report gives:
   which breaks the "identical logits in every kernel" invariant (kernels/infonce.py,
   ``_launch_options``); tests/test_infonce_aot.py asserts there is none;
 * ``vec_ld``, ``vec_st``: vector global loads and stores (``.v2``/``.v4``), which need
-  aligned addresses.
+  aligned addresses;
+* ``loop_instr``, ``loop_skip``, ``loop_mma_waits`` (``analyse_sass``): the SASS of the
+  main loop, one tile per iteration: its instructions per warp (×3.5 ns ≈ a tile's time at
+  one CTA per SM on an H200), how many a data-dependent branch can skip, and its wgmma
+  waits (one per wgmma when ptxas serialised them). docs/notes/infonce-triton.md turns
+  these into predicted times.
 
 Run it in a process without ``TRITON_INTERPRET=1`` (the kernels must be real JIT
 functions); the Triton wheel's own ptxas assembles the cubin.
@@ -67,6 +72,9 @@ def default_cases() -> list[Case]:
     cases = [Case(f"{dt}-{d}", dtype=dt, d=d, n=333, m=4099)
              for dt in ("bf16", "fp16", "fp32", "tf32") for d in (48, 256, 300, 512)]
     cases += [Case("paper-bf16", mode="bank"), Case("paper-fp32", dtype="fp32", mode="bank"),
+              Case("paper-tf32", dtype="tf32", mode="bank"),
+              Case("n120-bf16", n=120, mode="bank"), Case("m1e6-bf16", m=1_000_000, mode="bank"),
+              Case("self1024-bf16", m=0, mode="self"),
               Case("large-norm-fp32", dtype="fp32", d=40, n=65, m=301, mode="bank-grad",
                    normalize=False)]
     return cases
@@ -152,7 +160,8 @@ def capture_launches(case: Case) -> list[Launch]:
             z = torch.empty(case.m, dtype=torch.long, device=dev)
         tf32 = case.dtype == "tf32"
         args = (a, y, c, z, self_contrast, 10.0, -1, case.normalize)
-        _, lse, pos_sig, _, _ = K.infonce_forward(*args, case.need_grad, allow_tf32=tf32)
+        _, lse, pos_sig, _, _ = K.infonce_forward(*args, case.need_grad, allow_tf32=tf32,
+                                                  check_finite=True)  # the public op's default
         if case.need_grad and (self_contrast or case.mode.endswith("grad")):
             K.infonce_backward_columns(*args, lse, pos_sig, torch.empty_like(lse),
                                        allow_tf32=tf32)
@@ -181,6 +190,46 @@ def _resource_usage(cubin: bytes) -> dict:
         if hit:
             usage[field] = int(hit.group(1))
     return usage
+
+
+def _sass(cubin: bytes) -> str:
+    tool = _cuobjdump()
+    if tool is None:
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+
+
+def analyse_sass(sass: str) -> dict:
+    """The main loop: the innermost loop (a backward ``BRA``) that issues tensor-core
+    instructions. ``loop_instr``: its SASS instructions per warp per iteration (one tile);
+    ``loop_skip``: the longest stretch of it a forward branch can jump over (a
+    data-dependent ``if``); ``loop_mma_waits``: its ``WARPGROUP.DEPBAR`` waits, one per
+    wgmma when ptxas serialised them (its advisory C7515), which costs the overlap of the
+    tensor cores with everything else."""
+    code = [(int(addr, 16), text.strip()) for addr, text in
+            re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for addr, text in code:
+        hit = re.search(r"\bBRA (?:`\()?0x([0-9a-f]+)", text)
+        if hit and int(hit.group(1), 16) <= addr:
+            body = [(a, t) for a, t in code if int(hit.group(1), 16) <= a <= addr]
+            if any(re.search(r"\b(HGMMA|HMMA)\b", t) for _, t in body):
+                loops.append(body)
+    if not loops:
+        return {}
+    body = min(loops, key=len)
+    start, end = body[0][0], body[-1][0]
+    skip = 0
+    for addr, text in body:
+        hit = re.search(r"\bBRA (?:`\()?0x([0-9a-f]+)", text)
+        if hit and addr < int(hit.group(1), 16) <= end:
+            skip = max(skip, sum(1 for a, _ in body if addr < a < int(hit.group(1), 16)))
+    waits = sum(1 for _, t in body if t.startswith("WARPGROUP.DEPBAR"))
+    return {"loop_instr": len(body), "loop_skip": skip, "loop_mma_waits": waits,
+            "loop_at": f"{start:#x}-{end:#x}"}
 
 
 def analyse_ptx(ptx: str) -> dict:
@@ -217,7 +266,7 @@ def compile_launch(launch: Launch, **option_overrides) -> dict:
             "tile": [consts.get("BLOCK_N"), consts.get("BLOCK_M"), consts.get("BLOCK_D")],
             "input_precision": consts.get("INPUT_PRECISION"),
             "smem": kernel.metadata.shared, **_resource_usage(kernel.asm["cubin"]),
-            **analyse_ptx(kernel.asm["ptx"])}
+            **analyse_ptx(kernel.asm["ptx"]), **analyse_sass(_sass(kernel.asm["cubin"]))}
     info["smem_ok"] = info["smem"] <= SM90_SMEM_LIMIT
     return info
 
@@ -237,16 +286,19 @@ def report(cases: list[Case]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| case | kernel | tile N×M×D | warps/stages | precision | regs | stack | smem KB "
-            "| mma | fma | vec ld |")
-    lines = [head, "|" + "---|" * 11]
+    head = ("| case | kernel | grid | tile N×M×D | warps/stages | precision | regs | stack "
+            "| smem KB | mma | loop instr / skippable / waits | fma | vec ld |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         mma = ", ".join(f"{k}×{v}" for k, v in sorted(r["mma"].items())) or "—"
+        loop = (f"{r['loop_instr']} / {r['loop_skip']} / {r['loop_mma_waits']}"
+                if "loop_instr" in r else "—")
+        tile = "×".join("·" if t is None else str(t) for t in r["tile"])
         lines.append(
-            f"| {r['case']} | {r['kernel'].strip('_')} | {'×'.join(map(str, r['tile']))} | "
-            f"{r['options']['num_warps']}/{r['options']['num_stages']} | "
+            f"| {r['case']} | {r['kernel'].strip('_')} | {'×'.join(map(str, r['grid']))} | "
+            f"{tile} | {r['options']['num_warps']}/{r['options']['num_stages']} | "
             f"{r['input_precision'] or '—'} | {r.get('regs', '?')} | {r.get('stack', '?')} | "
-            f"{r['smem'] / 1024:.1f}{'' if r['smem_ok'] else ' (> 227!)'} | {mma} | "
+            f"{r['smem'] / 1024:.1f}{'' if r['smem_ok'] else ' (> 227!)'} | {mma} | {loop} | "
             f"{r['fma']} | {r['vec_ld']} |")
     return "\n".join(lines)
 

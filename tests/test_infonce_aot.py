@@ -11,9 +11,15 @@ the unnormalised large-norm case of the GPU tests:
   113 % on an H200, diagnosis §4.2);
 * fp32 with TF32 off runs ``tf32x3`` on the tensor cores (never CUDA-core "ieee" dots,
   which spilled and ran 15× slower than dense PyTorch there);
-* every launch fits the 227 KB of shared memory of an sm_90 CTA.
+* every launch fits the 227 KB of shared memory of an sm_90 CTA;
+* at paper size in bf16 (N = 1024, M = 190 000, D = 256) the negatives pass has the shape
+  its speed prediction rests on (docs/notes/infonce-triton.md): 128-row blocks with each
+  warpgroup on its own 64 rows (16 m64n64k16 wgmma for S, 4 m64n256k16 for U: nothing
+  computed twice), no spills, one wave of programs, and wgmmas that ptxas did not
+  serialise; the positives run on two programs per SM.
 
-The same compile with contraction allowed must show FMAs, so the detector is live.
+The same compile with contraction allowed must show FMAs, and the general path (online
+max, data-dependent rescale) must show serialised wgmmas, so both detectors are live.
 Needs a process without TRITON_INTERPRET (the kernels must be JIT functions, not
 interpreted ones): the check runs in a subprocess.
 """
@@ -40,13 +46,15 @@ cases = [
     A.Case("large-norm-fp32", dtype="fp32", d=40, n=65, m=301, mode="bank-grad",
            normalize=False),
     A.Case("tf32-self", dtype="tf32", d=48, n=100, m=0, mode="self"),
+    A.Case("paper-bf16", mode="bank"),
 ]
 rows = A.report(cases)
+general = A.report([A.Case("paper-bf16-general", mode="bank", normalize=False)])
 # Control: the same launch compiled with contraction allowed must show FMAs.
 launch = next(l for l in A.capture_launches(cases[2])
               if l.kernel.__name__ == "_columns_backward_kernel")
 control = A.compile_launch(launch, enable_fp_fusion=True)
-print(json.dumps({"rows": rows, "control": control}))
+print(json.dumps({"rows": rows, "control": control, "general": general}))
 """
 
 LOSS_KERNELS = ("_negatives_kernel", "_positives_kernel", "_columns_backward_kernel")
@@ -97,3 +105,24 @@ def test_fp32_modes_use_the_tensor_cores(compiled):
 def test_every_launch_fits_the_shared_memory_of_an_sm90_cta(compiled):
     for r in compiled["rows"]:
         assert r["smem_ok"], f"{r['case']}: {r['kernel']} needs {r['smem']} B of smem"
+
+
+def _paper(rows, kernel):
+    return next(r for r in rows if r["case"].startswith("paper") and r["kernel"] == kernel)
+
+
+def test_paper_bf16_negatives_shape(compiled):
+    neg = _paper(compiled["rows"], "_negatives_kernel")
+    assert neg["tile"] == [128, 64, 256] and neg["options"]["num_warps"] == 8
+    assert neg["mma"] == {"wgmma.m64n64k16.bf16": 16, "wgmma.m64n256k16.bf16": 4}
+    assert neg.get("stack") == 0
+    assert neg["loop_mma_waits"] <= 2, neg["loop_mma_waits"]  # not serialised (C7515)
+    programs = neg["grid"][0] * neg["grid"][1]
+    assert 0.9 * 132 <= programs <= 132  # one wave at one CTA per SM
+    pos = _paper(compiled["rows"], "_positives_kernel")
+    assert pos["grid"] == [2 * 132] and pos["loop_mma_waits"] <= 2
+
+
+def test_serialisation_detector_is_live(compiled):
+    neg = _paper(compiled["general"], "_negatives_kernel")
+    assert neg["loop_mma_waits"] >= 16
