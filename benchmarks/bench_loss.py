@@ -4,6 +4,7 @@
     python benchmarks/bench_loss.py --quick               # small sizes, about a minute
     python benchmarks/bench_loss.py --workload sweep --plot sweep.png --json sweep.json
     python benchmarks/bench_loss.py --dtype tf32 --provider unfused --provider pixcontrast-triton
+    python benchmarks/bench_loss.py --variant hardest --variant semi-hard --variant supcon
 
 Providers, side by side in one run: ``unfused`` (the 2021 release's dense formulation,
 pixcontrast.baselines.unfused_pixel_contrast), ``unfused-compiled`` (the same under
@@ -30,6 +31,14 @@ actually runs (``gemm_mode``, table GEMM_FOR_MODE), measured in the same run, be
 row above 1.05 of it gets a warning line: the GEMM measurement does not represent that
 row. For the small-N workload the time to read the bank twice at the measured copy
 bandwidth is reported too.
+
+``--variant`` (repeatable: ``hardest``, ``semi-hard``, ``supcon``) adds rows
+``pixcontrast-<backend>/<variant>`` for every fused backend of the mining family
+(pixcontrast/mining.py, docs/design.md §2.8) that runs on the device: hard example mining
+(default K: 1024 negatives, 256 positives) or SupCon without mining. Their TFLOP/s and "of
+GEMM rate" still count the 4·N·M·D of one InfoNCE pass (the mining rows compute the logits
+four times: three radix-select passes and the take pass), and their speed-up is over the
+InfoNCE ``unfused`` baseline, which computes a different loss.
 """
 
 from __future__ import annotations
@@ -67,6 +76,9 @@ SLOW_CALL_MS = 5_000  # providers slower than this per call are timed with fewer
 CHILDREN_AT_ONCE = 4  # memory-measuring processes run concurrently on a GPU
 PROVIDERS = ["unfused", "unfused-compiled", "pixcontrast-cpu", "pixcontrast-triton",
              "pixcontrast-cuda"]
+# --variant: fused_pixel_contrast keywords of each mining / SupCon row
+VARIANTS = {"hardest": {"mining": "hardest"}, "semi-hard": {"mining": "semi-hard"},
+            "supcon": {"loss": "supcon"}}
 DEFAULT_MODES = {"cuda": ["float32", "tf32", "bfloat16"], "cpu": ["float32", "bfloat16"]}
 # The GEMM each precision mode's rows run, for their "of GEMM rate": (device, mode) -> the
 # GEMM timed (GEMM_MODES gives its dtype, TF32 state and number of passes). With
@@ -118,8 +130,9 @@ def loss_fn(provider: str):
             return torch.compile(unfused_pixel_contrast)
         return unfused_pixel_contrast
     from pixcontrast.ops import fused_pixel_contrast
-    backend = provider.removeprefix("pixcontrast-")
-    return lambda *args: fused_pixel_contrast(*args, backend=backend)
+    backend, _, variant = provider.removeprefix("pixcontrast-").partition("/")
+    kwargs = VARIANTS[variant] if variant else {}
+    return lambda *args: fused_pixel_contrast(*args, backend=backend, **kwargs)
 
 
 def step_fns(provider: str, shape: list, dtype: str, device: str, cache: dict | None = None):
@@ -254,6 +267,20 @@ def providers_for(device: str, wanted: list[str] | None = None) -> list[str]:
     return [p for p in out if wanted is None or p in wanted]
 
 
+def variant_providers(device: str, base: list[str], variants: list[str]) -> list[str]:
+    """``pixcontrast-<backend>/<variant>`` for the fused providers in ``base`` whose backend
+    the mining family has and can run on ``device``."""
+    from pixcontrast.mining import BACKENDS as MINING_BACKENDS
+    probe = torch.empty(1, 8, device=device)
+    out = []
+    for p in base:
+        b = p.removeprefix("pixcontrast-")
+        if p.startswith("pixcontrast-") and b in MINING_BACKENDS.checks:
+            if not MINING_BACKENDS.reasons(b, probe.device, probe):
+                out += [f"{p}/{v}" for v in variants]
+    return out
+
+
 def modes_for(provider: str, modes: list[str]) -> list[str]:
     """The unfused formulation casts to float32 itself: float32 and tf32 modes only (float32
     when neither is asked for, as the baseline of bfloat16)."""
@@ -272,8 +299,10 @@ def loss_cases(args, sizes) -> list[dict]:
             shapes += [(wl, (n, m, d, k)) for m in (QUICK_SWEEP_M if args.quick else SWEEP_M)]
         else:
             shapes.append((wl, sizes[wl]))
+    base = providers_for(args.device, args.provider)
+    base += variant_providers(args.device, base, getattr(args, "variant", None) or [])
     for wl, (n, m, d, k) in shapes:
-        for prov in providers_for(args.device, args.provider):
+        for prov in base:
             for mode in modes_for(prov, args.dtype):
                 cases.append({"workload": wl, "provider": prov, "mode": mode,
                               "dtype": H.MODES[mode][0], "device": args.device, "N": n,
@@ -506,6 +535,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "on cpu")
     p.add_argument("--provider", action="append", choices=PROVIDERS,
                    help="repeatable; default every provider that runs on the device")
+    p.add_argument("--variant", action="append", choices=list(VARIANTS),
+                   help="repeatable: add mining / SupCon rows for the fused backends that "
+                        "have them (docs/design.md §2.8)")
     p.add_argument("--quick", action="store_true", help="small sizes (CI and smoke tests)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per provider call")

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from pixcontrast.infonce import BACKENDS as INFONCE_BACKENDS
 from pixcontrast.infonce import fused_pixel_contrast
 from pixcontrast.memory_bank import MemoryBank
+from pixcontrast.mining import BACKENDS as MINING_BACKENDS
+from pixcontrast.mining import check_mining_arguments
 from pixcontrast.sampling import BACKENDS as SAMPLING_BACKENDS
 from pixcontrast.sampling import sample_anchors
 
@@ -50,6 +52,13 @@ class PixelContrastLoss(nn.Module):
             fastest measured: CUDA kernels for sampling, Triton for the bank write).
         memory_dtype: storage dtype of the bank (any MemoryBank dtype: float32,
             bfloat16, float16, float64).
+        mining, num_negatives, num_positives, semi_hard_fraction: hard example mining
+            among the contrast set (``None``, ``"hardest"``, ``"semi-hard"``; K per anchor,
+            default 1024 negatives and 256 positives; the semi-hard pool's share). The
+            semi-hard draw uses the ``generator`` given to ``forward``. docs/design.md §2.8.
+        loss: ``"infonce"`` (the paper's per-positive InfoNCE) or ``"supcon"`` (SupCon's
+            L_out). Mining and SupCon have their own backends: "cpu", "triton" and "torch"
+            (dense); "auto" takes "cpu" on CPU tensors, "triton" on CUDA tensors.
 
     ``forward(embed [B, D, h, w], labels [B, H, W], predictions)`` where ``predictions`` is
     segmentation logits ``[B, K, h', w']`` or a class map ``[B, h', w']``; returns a scalar.
@@ -62,8 +71,16 @@ class PixelContrastLoss(nn.Module):
                  num_classes: int | None = None, memory_size: int = 0,
                  pixels_per_update: int = 10, dim: int | None = None,
                  include_anchors: bool = False, backend: str = "auto",
-                 memory_dtype: torch.dtype = torch.float32):
+                 memory_dtype: torch.dtype = torch.float32, mining: str | None = None,
+                 num_negatives: int | None = None, num_positives: int | None = None,
+                 semi_hard_fraction: float = 0.1, loss: str = "infonce"):
         super().__init__()
+        check_mining_arguments(mining, num_negatives, num_positives, semi_hard_fraction,
+                               None, loss, torch.device("cpu"))
+        if (mining is not None or loss != "infonce") and backend != "auto":
+            MINING_BACKENDS.validate_name(backend)
+        self.mining, self.num_negatives, self.num_positives = mining, num_negatives, num_positives
+        self.semi_hard_fraction, self.loss = semi_hard_fraction, loss
         if memory_size < 0:
             raise ValueError(f"memory_size must be ≥ 0, got {memory_size}")
         if memory_size > 0 and (num_classes is None or dim is None):
@@ -117,7 +134,10 @@ class PixelContrastLoss(nn.Module):
         loss = fused_pixel_contrast(
             anchors, anchor_labels, bank, bank_labels, temperature=self.temperature,
             base_temperature=self.base_temperature, ignore_index=self.ignore_index,
-            include_anchors=self.include_anchors and bank is not None, backend=self.backend)
+            include_anchors=self.include_anchors and bank is not None, backend=self.backend,
+            mining=self.mining, num_negatives=self.num_negatives,
+            num_positives=self.num_positives, semi_hard_fraction=self.semi_hard_fraction,
+            generator=generator if self.mining == "semi-hard" else None, loss=self.loss)
         if self.memory is not None:
             self.update_memory(embed, grid_labels, generator=generator)
         return loss

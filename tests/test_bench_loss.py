@@ -177,3 +177,27 @@ def test_plot_of_self_contrast_alone_is_labelled_as_such(tmp_path):
     got = bench_loss.plot([_record("batch", "pixcontrast-cpu", "float32", 512, 512,
                                    self_contrast=True)], str(tmp_path / "b.png"))
     assert got["kind"] == "bars" and "self-contrast N = 512" in got["group_labels"]["batch"]
+
+
+def test_variant_rows_run_the_mining_and_supcon_losses():
+    """--variant adds pixcontrast-<backend>/<variant> rows for the mining family's backends
+    that run here, and each row's step computes that loss."""
+    import argparse
+
+    from pixcontrast.ops import fused_pixel_contrast
+
+    args = argparse.Namespace(workload=["paper-bank"], device="cpu", provider=None,
+                              dtype=["float32"], variant=["hardest", "semi-hard", "supcon"])
+    cases = bench_loss.loss_cases(args, {"paper-bank": (6, 40, 8, 3)})
+    providers = {c["provider"] for c in cases}
+    assert {"pixcontrast-cpu/hardest", "pixcontrast-cpu/semi-hard",
+            "pixcontrast-cpu/supcon"} <= providers
+    assert not any(p.startswith("pixcontrast-cuda/") for p in providers)
+    a, y, c, z = bench_loss.make_inputs(6, 40, 8, 3, torch.float32, "cpu")
+    with torch.no_grad():
+        for variant, kwargs in bench_loss.VARIANTS.items():
+            got = bench_loss.loss_fn(f"pixcontrast-cpu/{variant}")(a, y, c, z)
+            want = fused_pixel_contrast(a, y, c, z, backend="torch", **kwargs)
+            assert torch.allclose(got, want, rtol=1e-5), variant
+        plain = bench_loss.loss_fn("pixcontrast-cpu")(a, y, c, z)
+        assert not torch.allclose(plain, bench_loss.loss_fn("pixcontrast-cpu/supcon")(a, y, c, z))

@@ -24,6 +24,9 @@ BAD = [
     ("loss.memory_size", "-1"), ("loss.pixels_per_update", "0"), ("loss.ohem", "'no'"),
     ("loss.ohem_thresh", "1.5"), ("loss.ohem_min_kept", "-1"), ("loss.include_anchors", "1"),
     ("loss.backend", "gpu"), ("loss.contrast", "'false'"),
+    ("loss.mining", "hard"), ("loss.mining", "true"), ("loss.num_negatives", "0"),
+    ("loss.num_positives", "1.5"), ("loss.semi_hard_fraction", "0"),
+    ("loss.semi_hard_fraction", "1.5"), ("loss.loss", "triplet"),
     ("data.dataset", "cityscape"), ("data.num_classes", "0"), ("data.num_classes", "9"),
     ("data.ignore_index", "3"), ("data.crop_size", "[32]"), ("data.crop_size", "[0,32]"),
     ("data.scale_range", "[2.0,1.0]"), ("data.base_size", "0"), ("data.flip", "'yes'"),
@@ -125,6 +128,22 @@ def test_loss_constructor_checks_run_at_load(monkeypatch):
     with pytest.raises(ConfigError, match="config key 'loss.max_views' is rejected by the "
                                           "loss module: max_views=600 exceeds"):
         load_config(SYNTHETIC, ["--loss.max_views", "600"])
+
+
+def test_mining_keys_reach_the_loss_module():
+    """The mining/SupCon keys are passed to PixelContrastLoss; combinations it refuses are
+    reported at load, naming the key."""
+    from pixcontrast.train.builders import build_criterion
+
+    cfg = load_config(SYNTHETIC, ["--loss.mining", "semi-hard", "--loss.num_negatives", "64",
+                                  "--loss.loss", "supcon"])
+    contrast = build_criterion(cfg).contrast
+    assert (contrast.mining, contrast.num_negatives, contrast.num_positives,
+            contrast.semi_hard_fraction, contrast.loss) == ("semi-hard", 64, None, 0.1, "supcon")
+    with pytest.raises(ConfigError, match="config key 'loss.num_negatives' is rejected"):
+        load_config(SYNTHETIC, ["--loss.num_negatives", "64"])
+    with pytest.raises(ConfigError, match="config key 'loss.semi_hard_fraction'"):
+        load_config(SYNTHETIC, ["--loss.mining", "semi-hard", "--loss.semi_hard_fraction", "0"])
 
 
 def test_loading_is_cheap():

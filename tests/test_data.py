@@ -284,7 +284,8 @@ def test_loss_section_comes_from_the_loss_signatures(tmp_path):
     assert set(loss) == {"contrast", "loss_weight", "warmup_iters", "temperature",
                          "base_temperature", "max_samples", "max_views", "memory_size",
                          "pixels_per_update", "include_anchors", "aux_weight", "ohem",
-                         "ohem_thresh", "ohem_min_kept", "backend"}
+                         "ohem_thresh", "ohem_min_kept", "backend", "mining",
+                         "num_negatives", "num_positives", "semi_hard_fraction", "loss"}
     assert loss["contrast"] is True
     assert TRAINER_LOSS_DEFAULTS == {"memory_size": 5000} and loss["memory_size"] == 5000
     for cls in (ContrastCELoss, PixelContrastLoss):

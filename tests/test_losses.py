@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from pixcontrast.losses import ContrastCELoss, PixelContrastLoss, resize_labels
 from pixcontrast.infonce import pixel_contrast_reference
+from pixcontrast.mining import mining_reference
 from pixcontrast.sampling import sample_anchors
 
 IGN = 255
@@ -108,6 +109,48 @@ def test_bank_contrast_then_enqueue(fresh_seed):
                                    ignore_index=IGN)
     torch.testing.assert_close(second.double(), ref, rtol=1e-5, atol=1e-6)
     assert embed.grad is not None and embed.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mining, loss", [
+    ("hardest", "infonce"), ("semi-hard", "infonce"), ("semi-hard", "supcon"), (None, "supcon")])
+def test_mining_and_supcon_against_the_bank(fresh_seed, mining, loss):
+    """The module's mining/SupCon term is the dense reference's on the sampled anchors and
+    the bank, with the semi-hard draw taken from the forward's generator after sampling."""
+    kw = dict(num_negatives=6, num_positives=3) if mining else {}
+    loss_fn = PixelContrastLoss(max_samples=64, max_views=10, ignore_index=IGN, num_classes=4,
+                                memory_size=50, pixels_per_update=5, dim=12, backend="cpu",
+                                mining=mining, loss=loss, **kw)
+    labels = blobs()
+    embed = embed_for(labels)
+    logits = torch.randn(2, 4, 16, 20)
+    loss_fn(embed, labels, logits, generator=generator(fresh_seed))
+    snapshot = tuple(t.clone() for t in loss_fn.memory.contrast())
+    second = loss_fn(embed, labels, logits, generator=generator(fresh_seed))
+    (grad,) = torch.autograd.grad(second, [embed])
+    g = generator(fresh_seed)
+    idx, y = sample_anchors(labels, logits.argmax(1), max_samples=64, max_views=10,
+                            ignore_index=IGN, generator=g)
+    u = torch.rand((64, 9), dtype=torch.float64, generator=g) if mining == "semi-hard" else None
+    e64 = embed.detach().double().requires_grad_()
+    anchors = e64.permute(0, 2, 3, 1).reshape(-1, 12)[idx.clamp(min=0)]
+    ref = mining_reference(anchors, y, snapshot[0].double(), snapshot[1], ignore_index=IGN,
+                           mining=mining, loss=loss, u=u, **kw)
+    (ref_grad,) = torch.autograd.grad(ref, [e64])
+    assert ref.item() != 0
+    torch.testing.assert_close(second.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mining="hard"), "mining must be one of"),
+    (dict(loss="triplet"), "loss must be one of"),
+    (dict(num_negatives=8), "need mining"),
+    (dict(mining="semi-hard", semi_hard_fraction=2.0), "semi_hard_fraction"),
+    (dict(mining="hardest", backend="gpu"), "backend must be"),
+])
+def test_mining_arguments_checked_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PixelContrastLoss(**kwargs)
 
 
 def test_bank_needs_num_classes_and_dim():
