@@ -25,7 +25,8 @@ TORCH_LIBRARY(pixcontrast, m) {
   //   num_pos  [N] f32  |P(i)|
   //   row_grad [N, D] f32 ∂row_loss_i/∂anchors_i through the normalisation (row term
   //            only), or [0, D] when need_grad is false.
-  // allow_tf32: fp32 inputs may use TF32 products (else 3xTF32 on GPUs); ignored by the
+  // allow_tf32: fp32 inputs may use TF32 products (else strict fp32: IEEE SGEMM in the CUDA
+  // kernels, 3xTF32 in the Triton ones); ignored by the
   // CPU kernels and for 16-bit inputs. An argument, not a global read inside the kernels,
   // so that backward recomputes with the mode forward used (saved with the op's inputs).
   m.def(
@@ -42,21 +43,21 @@ TORCH_LIBRARY(pixcontrast, m) {
       "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
       "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
       "Tensor row_coef, bool allow_tf32) -> (Tensor, Tensor)");
+  // The same two ops run on the CPU with the CUDA binding's chunk schedule (every row and
+  // column in the caller's order, masks only, positives over everything; csrc/cpu/infonce.cpp):
+  // the CPU tests of the loop the GPU runs. CPU kernels only; not a public API.
+  m.def(
+      "_infonce_forward_device_schedule(Tensor anchors, Tensor labels, Tensor contrast, "
+      "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
+      "int ignore_index, bool normalize, bool need_grad, bool allow_tf32) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_infonce_backward_columns_device_schedule(Tensor anchors, Tensor labels, "
+      "Tensor contrast, Tensor contrast_labels, bool self_contrast, float inv_temperature, "
+      "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
+      "Tensor row_coef, bool allow_tf32) -> (Tensor, Tensor)");
 
-  // Anchor sampling (docs/design.md §2; driver pixcontrast/sampling.py, CUDA kernels
-  // csrc/cuda/sampling.cu, Triton twins kernels/sampling.py). All tensors 1-D int64 except
-  // easy/valid/kept (bool). Per class-group, the valid hard (column 0) and easy (column 1)
-  // pixel counts: counts [n, 2] int64, n = B·h·w, hw = h·w.
-  m.def(
-      "sampling_run_histogram(Tensor run_key, Tensor rank, Tensor cls, Tensor easy, "
-      "Tensor valid, int hw) -> Tensor");
-  // Writes the selected pixels (flat index, label) into out_idx/out_lab in place.
-  // n-element: cls, easy, rank, lab, pix, pair_of_cls; num_pairs-element: kept, pair_hard,
-  // pair_easy, offset; views: one element (V, on the device).
-  m.def(
-      "sampling_select_scatter(Tensor cls, Tensor easy, Tensor rank, Tensor lab, Tensor pix, "
-      "Tensor pair_of_cls, Tensor kept, Tensor pair_hard, Tensor pair_easy, Tensor offset, "
-      "Tensor views, Tensor(a!) out_idx, Tensor(b!) out_lab, int ignore_index) -> ()");
+  // Anchor sampling: csrc/sampling_ops.cpp (sample_histogram, sample_select).
   // Memory-bank write (docs/design.md §2; driver pixcontrast/memory_bank.py): in place,
   // features[rows[k]] = values[k] and labels[rows[k]] = entry_labels[k] for every k with
   // keep[k]. features [R, D] float, labels [R] int64, values [E, D] features' dtype,

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pixcontrast._backends import (
-    OpBackends, cuda_matmul_allows_tf32, cuda_reasons, missing_cuda_kernels, runs_anywhere,
-    triton_reasons,
+    OpBackends, cuda_matmul_allows_tf32, cuda_reasons, loss_mode, loss_workload,
+    measured_order, missing_cuda_kernels, runs_anywhere, triton_reasons,
 )
 from pixcontrast._checks import assert_finite
 from pixcontrast._extension import extension_available, has_kernels
@@ -243,13 +243,15 @@ if extension_available():
 def infonce_forward_triton(
     anchors: Tensor, labels: Tensor, contrast: Tensor, contrast_labels: Tensor,
     self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
-    need_grad: bool, allow_tf32: bool,
+    need_grad: bool, allow_tf32: bool, check_finite: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from pixcontrast.kernels.infonce import infonce_forward
 
+    # check_finite: the kernels' prep reads every input once anyway (its norms) and checks
+    # it in that read, so the public op skips its own reads for this backend.
     return infonce_forward(anchors, labels, contrast, contrast_labels, self_contrast,
                            inv_temperature, ignore_index, normalize, need_grad,
-                           allow_tf32=allow_tf32)
+                           allow_tf32=allow_tf32, check_finite=check_finite)
 
 
 @torch.library.custom_op("pixcontrast::infonce_backward_columns_triton", mutates_args=())
@@ -267,7 +269,8 @@ def infonce_backward_columns_triton(
 
 infonce_forward_triton.register_fake(_fake_forward)
 infonce_backward_columns_triton.register_fake(_fake_backward_columns)
-_ctx, _bw = _make_autograd(infonce_backward_columns_triton, n_extra=1)
+_ctx, _bw = _make_autograd(  # extra: (allow_tf32, check_finite); backward reads no new input
+    lambda *args: infonce_backward_columns_triton(*args[:-1]), n_extra=2)
 infonce_forward_triton.register_autograd(_bw, setup_context=_ctx)
 
 
@@ -283,9 +286,9 @@ _DTYPES = {
     "triton": (torch.float32, torch.bfloat16, torch.float16),
     "cuda": (torch.float32, torch.bfloat16, torch.float16),
 }
-# The padded D is kept whole on chip (kernels/infonce.py and csrc/cuda/infonce.cu guard it
-# again, as kernels must).
-_MAX_DIM = {"triton": 512, "cuda": 512}
+# Triton keeps the padded D whole on chip (kernels/infonce.py guards it again, as kernels
+# must); the CUDA backend's products are cuBLAS GEMMs and its row passes loop over D.
+_MAX_DIM = {"triton": 512}
 
 
 def _kernel_reasons(name: str):
@@ -312,14 +315,23 @@ def _kernel_reasons(name: str):
     return check
 
 
-# "auto" on CUDA: Triton first, 2.2× faster than the CUDA kernels in bf16 at paper size on
-# an H200 (5.18 against 11.5 ms fwd+bwd, benchmarks/results/h200-2026-11-30). It never
-# picks the dense "torch" backend (memory O(N·M)).
+def _cuda_rank(device: torch.device, anchors: Tensor, contrast: Tensor | None = None
+               ) -> tuple[str, ...] | None:
+    """"auto" on CUDA: the fused backends fastest first as measured for the nearest
+    workload and the mode (the table in pixcontrast/_backends.py, measured_order)."""
+    if device.type != "cuda":
+        return None
+    return measured_order(loss_workload(anchors.shape[0]),
+                          loss_mode(anchors.dtype, cuda_matmul_allows_tf32()))
+
+
+# "auto" never picks the dense "torch" backend (memory O(N·M)).
 BACKENDS = OpBackends(
     "fused_pixel_contrast",
     checks={"cpu": _kernel_reasons("cpu"), "triton": _kernel_reasons("triton"),
             "cuda": _kernel_reasons("cuda"), "torch": runs_anywhere},
     priority={"cpu": ("cpu",), "cuda": ("triton", "cuda")},
+    rank=_cuda_rank,
     aliases={"reference": "torch"},
     auto_hint="backend='torch' (alias 'reference') computes the loss densely "
               "(memory O(N·M)).")
@@ -415,6 +427,12 @@ def fused_pixel_contrast(
     reduction: str = "mean",
     backend: str = "auto",
     check_finite: bool = True,
+    mining: str | None = None,
+    num_negatives: int | None = None,
+    num_positives: int | None = None,
+    semi_hard_fraction: float = 0.1,
+    generator: torch.Generator | None = None,
+    loss: str = "infonce",
 ) -> Tensor:
     """Per-positive pixel InfoNCE of Wang et al. (ICCV 2021), without the ``N × M`` logits.
 
@@ -436,8 +454,20 @@ def fused_pixel_contrast(
             anchors and anchors without positives).
         backend: ``"auto"``, ``"cpu"``, ``"triton"``, ``"cuda"`` or ``"torch"`` (the dense
             reference; ``"reference"`` is the same).
-        check_finite: report NaN/Inf in the inputs (one extra read of each input, no
-            host synchronisation).
+        check_finite: report NaN/Inf in the inputs (one extra read of each input; none
+            with "triton", whose norm pass checks them; no host synchronisation).
+        mining: ``None`` (every valid column), ``"hardest"`` (per anchor the
+            ``num_negatives`` most similar negatives and the ``num_positives`` least similar
+            positives; ties by lowest column index) or ``"semi-hard"`` (that many drawn
+            uniformly among the top ``semi_hard_fraction`` of each ordered set, at least
+            ``num_*`` of it). docs/design.md §2.8; backends "cpu", "triton", "torch".
+        num_negatives, num_positives: K per anchor with ``mining`` (default 1024 and 256).
+        semi_hard_fraction: the semi-hard pool's share of each set, in (0, 1].
+        generator: the semi-hard draw's generator (reproducible; ``None``: the global one).
+        loss: ``"infonce"`` (above) or ``"supcon"``: SupCon's L_out,
+            ``ℓ_i = −mean_p [s_ip − log Σ_{j≠i valid} e^{s_ij}]`` (over the selected
+            columns with ``mining``). Mining or SupCon run the kernels of
+            pixcontrast/mining.py (backends "cpu", "triton", "torch").
 
     Returns:
         Scalar loss (``[N]`` for ``reduction="none"``) in the anchors' dtype (the
@@ -453,10 +483,26 @@ def fused_pixel_contrast(
     """
     _check_inputs(anchors, labels, contrast, contrast_labels, temperature, base_temperature,
                   ignore_index, reduction, backend)
+    from pixcontrast import mining as _mining  # imports this module: not at the top
+
+    _mining.check_mining_arguments(mining, num_negatives, num_positives, semi_hard_fraction,
+                                   generator, loss, anchors.device)
     if contrast is not None and contrast.dtype != anchors.dtype:
         anchors = anchors.to(contrast.dtype)
+    if mining is not None or loss != "infonce":
+        if check_finite:
+            assert_finite(anchors, "pixcontrast: anchors contains NaN or Inf")
+            if contrast is not None:
+                assert_finite(contrast, "pixcontrast: contrast contains NaN or Inf")
+        return _mining.mined_pixel_contrast(
+            anchors, labels, contrast, contrast_labels, temperature=temperature,
+            base_temperature=base_temperature, ignore_index=ignore_index,
+            normalize=normalize, include_anchors=include_anchors, reduction=reduction,
+            backend=backend, mining=mining, num_negatives=num_negatives,
+            num_positives=num_positives, semi_hard_fraction=semi_hard_fraction,
+            generator=generator, loss=loss)
     name = BACKENDS.choose(backend, anchors.device, anchors, contrast)
-    if check_finite:
+    if check_finite and name != "triton":  # Triton checks in its prep's read
         assert_finite(anchors, "pixcontrast: anchors contains NaN or Inf")
         if contrast is not None:
             assert_finite(contrast, "pixcontrast: contrast contains NaN or Inf")
@@ -473,6 +519,7 @@ def fused_pixel_contrast(
     need_grad = torch.is_grad_enabled() and anchors.requires_grad
     row_loss, _, _, num_pos, _ = _forward_op(name)(
         anchors, labels.long(), contrast, contrast_labels.long(), self_contrast,
-        1.0 / temperature, ignore_index, normalize, need_grad, cuda_matmul_allows_tf32())
+        1.0 / temperature, ignore_index, normalize, need_grad, cuda_matmul_allows_tf32(),
+        *((check_finite,) if name == "triton" else ()))
     loss = reduce_rows(row_loss, num_pos, temperature / base_temperature, reduction)
     return loss.to(anchors.dtype)
