@@ -107,7 +107,7 @@ fi
 
 # 4. GPU tests, 8 workers; a worker whose CUDA context a fault killed is replaced
 #    (tests/conftest.py charges the fault to the test that caused it).
-if [ "$quick" = 1 ]; then tests=(tests/test_infonce_gpu.py); limit=150; else tests=(tests); limit=240; fi
+if [ "$quick" = 1 ]; then tests=(tests/test_infonce_gpu.py tests/test_infonce_triton_kernels.py); limit=150; else tests=(tests); limit=240; fi
 step gpu-tests "$limit" $py -m pytest -m gpu -n 8 --max-worker-restart 32 -q -p no:cacheprovider \
   -rfE --junitxml="$work/gpu-tests.xml" "${tests[@]}"
 [ "$dry" = 1 ] || { echo '```'; grep -E '^(FAILED|ERROR) ' "$work/gpu-tests.log" | head -40;
@@ -151,6 +151,15 @@ step bench-loss 200 $py benchmarks/bench_loss.py --device cuda "${wl[@]}" \
   --provider unfused --provider pixcontrast-triton --provider pixcontrast-cuda \
   --json "$work/bench-loss.json"
 [ "$dry" = 1 ] || { grep -v '^\[' "$work/bench-loss.log" | grep -v '^timing round' ; } >> "$summary"
+
+if [ "$quick" = 0 ]; then
+  # 9. Mining and SupCon (docs/design.md §2.8) at N = 120, bf16, Triton: predicted 10-170 ms
+  #    a call at paper size, so the small workload and few repeats.
+  step bench-mining 90 $py benchmarks/bench_loss.py --device cuda --workload paper-mem-config \
+    --dtype bfloat16 --provider pixcontrast-triton --variant hardest --variant semi-hard \
+    --variant supcon --repeats 5 --json "$work/bench-mining.json"
+  [ "$dry" = 1 ] || { grep -v '^\[' "$work/bench-mining.log" | grep -v '^timing round' ; } >> "$summary"
+fi
 
 echo "- total: $(( $(date +%s) - t_start )) s" | tee -a "$summary"
 tar czf "$out/session.tgz" -C "$work" .

@@ -32,7 +32,8 @@ def test_dry_run_imports_the_tools_and_plans_every_step(tmp_path, flags):
     summary = (tmp_path / "summary.md").read_text()
     assert "the session's tools import and parse their options" in summary
     steps = ["build", "gpu-tests", "bench-loss"]
-    steps += ["triage"] if flags else ["bench-sampling", "bench-memory-bank", "profile"]
+    steps += ["triage"] if flags else ["bench-sampling", "bench-memory-bank", "profile",
+                                       "bench-mining"]
     for step in steps:
         assert f"- plan: {step} " in summary, summary
     assert ("tests/test_infonce_gpu.py" in summary) == bool(flags)
