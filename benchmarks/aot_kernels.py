@@ -66,6 +66,7 @@ class Case:
     mode: str = "bank+anchors-grad"  # self | bank | bank+anchors | bank-grad | bank+anchors-grad
     normalize: bool = True
     need_grad: bool = True
+    supcon: bool = False    # loss="supcon" on the same kernels (their SUPCON constexpr)
 
 
 def default_cases() -> list[Case]:
@@ -76,7 +77,11 @@ def default_cases() -> list[Case]:
               Case("n120-bf16", n=120, mode="bank"), Case("m1e6-bf16", m=1_000_000, mode="bank"),
               Case("self1024-bf16", m=0, mode="self"),
               Case("large-norm-fp32", dtype="fp32", d=40, n=65, m=301, mode="bank-grad",
-                   normalize=False)]
+                   normalize=False),
+              Case("paper-bf16-supcon", mode="bank", supcon=True),
+              Case("paper-bf16-supcon-grad", supcon=True),
+              Case("general-fp32-supcon", dtype="fp32", d=40, n=65, m=301, mode="bank-grad",
+                   normalize=False, supcon=True)]
     return cases
 
 
@@ -161,10 +166,11 @@ def capture_launches(case: Case) -> list[Launch]:
         tf32 = case.dtype == "tf32"
         args = (a, y, c, z, self_contrast, 10.0, -1, case.normalize)
         _, lse, pos_sig, _, _ = K.infonce_forward(*args, case.need_grad, allow_tf32=tf32,
-                                                  check_finite=True)  # the public op's default
+                                                  check_finite=True,  # the public op's default
+                                                  supcon=case.supcon)
         if case.need_grad and (self_contrast or case.mode.endswith("grad")):
             K.infonce_backward_columns(*args, lse, pos_sig, torch.empty_like(lse),
-                                       allow_tf32=tf32)
+                                       allow_tf32=tf32, supcon=case.supcon)
     return launches
 
 

@@ -33,9 +33,10 @@ row. For the small-N workload the time to read the bank twice at the measured co
 bandwidth is reported too.
 
 ``--variant`` (repeatable: ``hardest``, ``semi-hard``, ``supcon``) adds rows
-``pixcontrast-<backend>/<variant>`` for every fused backend of the mining family
-(pixcontrast/mining.py, docs/design.md §2.8) that runs on the device: hard example mining
-(default K: 1024 negatives, 256 positives) or SupCon without mining. Their TFLOP/s and "of
+``pixcontrast-<backend>/<variant>``: hard example mining (default K: 1024 negatives, 256
+positives) for every fused backend of the mining family (pixcontrast/mining.py,
+docs/design.md §2.8) that runs on the device, SupCon without mining for every fused
+backend (it runs on the InfoNCE kernels, §1.5). Their TFLOP/s and "of
 GEMM rate" still count the 4·N·M·D of one InfoNCE pass (the mining rows compute the logits
 four times: three radix-select passes and the take pass), and their speed-up is over the
 InfoNCE ``unfused`` baseline, which computes a different loss.
@@ -268,16 +269,19 @@ def providers_for(device: str, wanted: list[str] | None = None) -> list[str]:
 
 
 def variant_providers(device: str, base: list[str], variants: list[str]) -> list[str]:
-    """``pixcontrast-<backend>/<variant>`` for the fused providers in ``base`` whose backend
-    the mining family has and can run on ``device``."""
+    """``pixcontrast-<backend>/<variant>`` for the fused providers in ``base``: "supcon" for
+    every one (SupCon without mining runs on the InfoNCE kernels), the mining variants for
+    those whose backend the mining family has and can run on ``device``."""
     from pixcontrast.mining import BACKENDS as MINING_BACKENDS
     probe = torch.empty(1, 8, device=device)
     out = []
     for p in base:
+        if not p.startswith("pixcontrast-"):
+            continue
         b = p.removeprefix("pixcontrast-")
-        if p.startswith("pixcontrast-") and b in MINING_BACKENDS.checks:
-            if not MINING_BACKENDS.reasons(b, probe.device, probe):
-                out += [f"{p}/{v}" for v in variants]
+        mines = b in MINING_BACKENDS.checks and not MINING_BACKENDS.reasons(b, probe.device,
+                                                                            probe)
+        out += [f"{p}/{v}" for v in variants if v == "supcon" or mines]
     return out
 
 

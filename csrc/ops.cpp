@@ -29,11 +29,14 @@ TORCH_LIBRARY(pixcontrast, m) {
   // kernels, 3xTF32 in the Triton ones); ignored by the
   // CPU kernels and for 16-bit inputs. An argument, not a global read inside the kernels,
   // so that backward recomputes with the mode forward used (saved with the op's inputs).
+  // supcon: SupCon's L_out on the same passes (docs/design.md §1.5): lse is
+  // L = log Σ_{valid j ≠ i} e^{s} (positives included), row_loss (1/|P|) Σ_p (L − s_p),
+  // pos_sig = |P| (every positive weighs 1); the column pass takes the same switch.
   m.def(
       "infonce_forward(Tensor anchors, Tensor labels, Tensor contrast, "
       "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
-      "int ignore_index, bool normalize, bool need_grad, bool allow_tf32) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int ignore_index, bool normalize, bool need_grad, bool allow_tf32, "
+      "bool supcon=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Column pass: gradient with respect to the contrast rows (and, in self-contrast,
   // the anchors seen as columns). row_coef [N] = dL/d row_loss / |P|.
   // Returns grad_contrast [M, D] f32 and grad_anchor_columns [N, D] f32 ([0, D] when
@@ -42,20 +45,20 @@ TORCH_LIBRARY(pixcontrast, m) {
       "infonce_backward_columns(Tensor anchors, Tensor labels, Tensor contrast, "
       "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
       "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
-      "Tensor row_coef, bool allow_tf32) -> (Tensor, Tensor)");
+      "Tensor row_coef, bool allow_tf32, bool supcon=False) -> (Tensor, Tensor)");
   // The same two ops run on the CPU with the CUDA binding's chunk schedule (every row and
   // column in the caller's order, masks only, positives over everything; csrc/cpu/infonce.cpp):
   // the CPU tests of the loop the GPU runs. CPU kernels only; not a public API.
   m.def(
       "_infonce_forward_device_schedule(Tensor anchors, Tensor labels, Tensor contrast, "
       "Tensor contrast_labels, bool self_contrast, float inv_temperature, "
-      "int ignore_index, bool normalize, bool need_grad, bool allow_tf32) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "int ignore_index, bool normalize, bool need_grad, bool allow_tf32, "
+      "bool supcon=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "_infonce_backward_columns_device_schedule(Tensor anchors, Tensor labels, "
       "Tensor contrast, Tensor contrast_labels, bool self_contrast, float inv_temperature, "
       "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
-      "Tensor row_coef, bool allow_tf32) -> (Tensor, Tensor)");
+      "Tensor row_coef, bool allow_tf32, bool supcon=False) -> (Tensor, Tensor)");
 
   // Anchor sampling: csrc/sampling_ops.cpp (sample_histogram, sample_select).
   // Memory-bank write (docs/design.md §2; driver pixcontrast/memory_bank.py): in place,

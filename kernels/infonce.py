@@ -14,6 +14,11 @@ ignore_index, normalize, need_grad)`` -> ``(row_loss, lse, pos_sig, num_pos, row
             ignore_index, normalize)
         # row_grad[i] = d row_loss[i] / d anchors[i], the row term only (columns constant)
 
+With ``supcon=True`` both compute SupCon's L_out on the same passes (docs/design.md §1.5):
+the negatives pass sums over every valid column but the row's own, the positives pass adds
+``lse - s`` with weight 1 (so ``pos_sig = num_pos``) and the column pass gives every valid
+column the softmax term and the positives ``-row_coef`` on top.
+
 ``infonce_backward_columns(..., lse, pos_sig, row_coef)`` -> ``(grad_contrast [M, D],
 grad_anchor_columns [N, D] or [0, D])`` float32: the gradient of ``Σ_i row_coef_i·|P(i)|·
 row_loss_i`` with respect to the columns (the contrast rows, and the anchors seen as columns
@@ -386,7 +391,10 @@ def _negatives_kernel(
     UPCAST: tl.constexpr, RESCALE: tl.constexpr, ROUND_BF16: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    SUPCON: tl.constexpr = False, EXCLUDE_SELF: tl.constexpr = False,
 ):
+    # SUPCON: the sum runs over every valid column (positives included) but the row's own
+    # (EXCLUDE_SELF: the self segment, columns in the caller's order).
     pid_s = tl.program_id(1).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -423,11 +431,21 @@ def _negatives_kernel(
             # every tile: skipping it on tiles without a clash (a data-dependent branch)
             # made ptxas serialise the wgmmas (C7515), for ~80 instructions saved.
             col_shift = tl.where(z != -1, shift, float("inf"))
-            p = tl.where(y[:, None] != z[None, :], tl.exp2(s - col_shift[None, :]), 0.0)
+            if SUPCON:
+                p = tl.exp2(s - col_shift[None, :])
+                if EXCLUDE_SELF:
+                    p = tl.where(src[:, None] != cols[None, :], p, 0.0)
+            else:
+                p = tl.where(y[:, None] != z[None, :], tl.exp2(s - col_shift[None, :]), 0.0)
         else:
+            if SUPCON:
+                keep = (z != -1)[None, :]
+                if EXCLUDE_SELF:
+                    keep = keep & (src[:, None] != cols[None, :])
+                s = tl.where(keep, s, float("-inf"))
             # Tiles whose keys cannot match a row of the block (nor be ignored) skip the
             # mask; this path branches for the lazy rescale anyway.
-            if tl.max(((z == -1) | ((z >= key_lo) & (z <= key_hi))).to(tl.int32)) > 0:
+            elif tl.max(((z == -1) | ((z >= key_lo) & (z <= key_hi))).to(tl.int32)) > 0:
                 s = tl.where((y[:, None] != z[None, :]) & (z != -1)[None, :], s,
                              float("-inf"))
             m_tile = tl.max(s, axis=1)
@@ -501,9 +519,11 @@ def _positives_kernel(
     UPCAST: tl.constexpr, RESCALE: tl.constexpr, ROUND_BF16: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, GPU_MATH: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    SUPCON: tl.constexpr = False,
 ):
     # Persistent over this segment's items [bounds[seg], bounds[seg + 1]): every pair of an
     # item is a positive (same key by construction) except padding and the self pair.
+    # SUPCON: loss terms L - s (L = lse, finite on a row with a positive) and weights 1.
     offs_d = tl.arange(0, BLOCK_D)
     item_begin = tl.load(bounds_ptr + seg_index)
     item_end = tl.load(bounds_ptr + seg_index + 1)
@@ -537,7 +557,12 @@ def _positives_kernel(
                                                                    float("-inf"))[None, :]
             if EXCLUDE_SELF:  # self columns are anchors: column cidx is anchor src
                 x2 = tl.where(src[:, None] != cidx[None, :], x2, float("-inf"))
-            softplus, sigmoid = _softplus_sigmoid(x2, GPU_MATH)
+            if SUPCON:
+                pair = x2 > float("-inf")
+                softplus = tl.where(pair, x2 * 0.6931471805599453, 0.0)
+                sigmoid = tl.where(pair, 1.0, 0.0)
+            else:
+                softplus, sigmoid = _softplus_sigmoid(x2, GPU_MATH)
             loss += tl.sum(softplus, axis=1)
             sig_sum += tl.sum(sigmoid, axis=1)
             if NEED_GRAD:
@@ -661,6 +686,7 @@ def _columns_backward_kernel(
     UPCAST: tl.constexpr, RESCALE: tl.constexpr, ROUND_BF16: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    SUPCON: tl.constexpr = False,
 ):
     # Row blocks and column tiles are exactly the negatives pass's (same permutation, same
     # scale buffers, same block sizes, same column order), so every logits tile is
@@ -702,7 +728,10 @@ def _columns_backward_kernel(
             # Unselected where() branches may hold inf or nan: they are dropped.
             e = tl.exp2((s - lse[:, None]) * to_exp2)
             g_neg = (coef * pos_sig)[:, None] * tl.minimum(e, 1.0)
-            g_pos = tl.fdiv(-coef[:, None] + tl.zeros_like(e), 1.0 + e)  # approximate
+            if SUPCON:  # every valid column the softmax term (pos_sig = |P|), positives -coef
+                g_pos = g_neg - coef[:, None]
+            else:
+                g_pos = tl.fdiv(-coef[:, None] + tl.zeros_like(e), 1.0 + e)  # approximate
             g = tl.where(pair, tl.where(y[:, None] == z[None, :], g_pos, g_neg), 0.0)
             # dĉ_j = τ⁻¹ Σ_i G_ij â_i = Σ_i G_ij (τ⁻¹/‖a_i‖) a_i: Gᵀ·A on the tensor cores.
             w = g * (row_scale * grad_units)[:, None]
@@ -1051,7 +1080,7 @@ def infonce_forward(
     anchors: Tensor, labels: Tensor, contrast: Tensor, contrast_labels: Tensor,
     self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
     need_grad: bool, *, allow_tf32: bool = False, num_splits: int | None = None,
-    num_items: int | None = None, check_finite: bool = False,
+    num_items: int | None = None, check_finite: bool = False, supcon: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Row pass: ``(row_loss [N], lse [N], pos_sig [N], num_pos [N], row_grad [N, D] or [0, D])``.
 
@@ -1060,7 +1089,9 @@ def infonce_forward(
     positives work items (``_plan_positives``; default: one per resident program, 3 under
     the interpreter). ``allow_tf32`` lets fp32 dots use TF32 tensor cores. ``check_finite``
     reports NaN/Inf in the anchors or the contrast rows ("pixcontrast: anchors contains NaN
-    or Inf"), checked in the prep's read of each (sync-free).
+    or Inf"), checked in the prep's read of each (sync-free). ``supcon``: SupCon's L_out on
+    the same passes (the sums over every valid column but the row's own, positive terms
+    ``lse - s`` with weight 1, so ``pos_sig = num_pos``; docs/design.md §1.5).
     """
     _check_inputs(anchors, labels, contrast, contrast_labels)
     if num_items is not None and num_items < 1:
@@ -1103,6 +1134,7 @@ def infonce_forward(
             ws_m, ws_l, ws_u, n, seg.num, d, seg.tiles_per_split, seg.slot_offset, prep.shift,
             FAST=prep.fast, NEED_GRAD=need_grad, **_dot_flags(anchors, seg.c, allow_tf32),
             BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d,
+            SUPCON=supcon, EXCLUDE_SELF=supcon and seg.is_self,
             **_launch_options(cfg.num_warps, cfg.num_stages))
     _lse_kernel[(triton.cdiv(n, cfg.fin_n),)](
         ws_m, ws_l, ws_lse, n, slots, FAST=prep.fast, BLOCK=cfg.fin_n, **_launch_options(4))
@@ -1115,7 +1147,7 @@ def infonce_forward(
             ws_loss, ws_sig, ws_v, n, d, i,
             FAST=prep.fast, NEED_GRAD=need_grad, EXCLUDE_SELF=seg.is_self,
             GPU_MATH=not _interpreting(), **_dot_flags(anchors, seg.c, allow_tf32),
-            BLOCK_N=cfg.pos_block_n, BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d,
+            BLOCK_N=cfg.pos_block_n, BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, SUPCON=supcon,
             **_launch_options(cfg.pos_warps, cfg.num_stages))
 
     row_loss = torch.empty(n, **f32)
@@ -1141,6 +1173,7 @@ def infonce_backward_columns(
     anchors: Tensor, labels: Tensor, contrast: Tensor, contrast_labels: Tensor,
     self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
     lse: Tensor, pos_sig: Tensor, row_coef: Tensor, *, allow_tf32: bool = False,
+    supcon: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Column pass: ``(grad_contrast [M, D], grad_anchor_columns [N, D] or [0, D])``, float32.
 
@@ -1173,6 +1206,6 @@ def infonce_backward_columns(
             lse, pos_sig, row_coef, grad, n, seg.num, d,
             FAST=prep.fast, NORMALIZE=normalize, EXCLUDE_SELF=seg.is_self,
             **_dot_flags(anchors, seg.c, allow_tf32), BLOCK_N=cfg.block_n,
-            BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d,
+            BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, SUPCON=supcon,
             **_launch_options(cfg.num_warps, cfg.num_stages))
     return grad_contrast, grad_self

@@ -16,7 +16,9 @@ Layers (docs/design.md §1 for the math, §6 for each backend's algorithm):
   computed in the forward pass, so backward only scales it by the upstream gradient; the
   column gradient (self-contrast, or a contrast set that requires grad) is one recompute
   pass in backward. The fp32 mode (``allow_tf32``) is an argument of every op, read from
-  torch's setting once per call and saved for backward.
+  torch's setting once per call and saved for backward; so is ``supcon`` (SupCon's L_out on
+  the same kernels, docs/design.md §1.5: the log-sum-exp over every valid column, positive
+  weight 1), the last argument of every op.
 * The dense reference (the "torch" backend and the test oracle's twin): ``reference_row_terms``
   and ``pixel_contrast_reference`` materialise the ``[N, M]`` logits on purpose, kept short
   so that they are obviously right; ``reduce_rows`` is the reduction every backend shares.
@@ -232,8 +234,8 @@ if extension_available():
     torch.library.register_fake("pixcontrast::infonce_forward")(_fake_forward)
     torch.library.register_fake("pixcontrast::infonce_backward_columns")(
         _fake_backward_columns)
-    _ctx, _bw = _make_autograd(
-        lambda *a: torch.ops.pixcontrast.infonce_backward_columns(*a), n_extra=1)
+    _ctx, _bw = _make_autograd(  # extra: (allow_tf32, supcon), both read by backward
+        lambda *a: torch.ops.pixcontrast.infonce_backward_columns(*a), n_extra=2)
     torch.library.register_autograd("pixcontrast::infonce_forward", _bw, setup_context=_ctx)
 
 
@@ -243,7 +245,7 @@ if extension_available():
 def infonce_forward_triton(
     anchors: Tensor, labels: Tensor, contrast: Tensor, contrast_labels: Tensor,
     self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
-    need_grad: bool, allow_tf32: bool, check_finite: bool = False,
+    need_grad: bool, allow_tf32: bool, check_finite: bool = False, supcon: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from pixcontrast.kernels.infonce import infonce_forward
 
@@ -251,26 +253,26 @@ def infonce_forward_triton(
     # it in that read, so the public op skips its own reads for this backend.
     return infonce_forward(anchors, labels, contrast, contrast_labels, self_contrast,
                            inv_temperature, ignore_index, normalize, need_grad,
-                           allow_tf32=allow_tf32, check_finite=check_finite)
+                           allow_tf32=allow_tf32, check_finite=check_finite, supcon=supcon)
 
 
 @torch.library.custom_op("pixcontrast::infonce_backward_columns_triton", mutates_args=())
 def infonce_backward_columns_triton(
     anchors: Tensor, labels: Tensor, contrast: Tensor, contrast_labels: Tensor,
     self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
-    lse: Tensor, pos_sig: Tensor, row_coef: Tensor, allow_tf32: bool,
+    lse: Tensor, pos_sig: Tensor, row_coef: Tensor, allow_tf32: bool, supcon: bool = False,
 ) -> tuple[Tensor, Tensor]:
     from pixcontrast.kernels.infonce import infonce_backward_columns
 
     return infonce_backward_columns(anchors, labels, contrast, contrast_labels, self_contrast,
                                     inv_temperature, ignore_index, normalize, lse, pos_sig,
-                                    row_coef, allow_tf32=allow_tf32)
+                                    row_coef, allow_tf32=allow_tf32, supcon=supcon)
 
 
 infonce_forward_triton.register_fake(_fake_forward)
 infonce_backward_columns_triton.register_fake(_fake_backward_columns)
-_ctx, _bw = _make_autograd(  # extra: (allow_tf32, check_finite); backward reads no new input
-    lambda *args: infonce_backward_columns_triton(*args[:-1]), n_extra=2)
+_ctx, _bw = _make_autograd(  # extra: (allow_tf32, check_finite, supcon); no input re-checked
+    lambda *args: infonce_backward_columns_triton(*args[:-2], args[-1]), n_extra=3)
 infonce_forward_triton.register_autograd(_bw, setup_context=_ctx)
 
 
@@ -466,7 +468,8 @@ def fused_pixel_contrast(
         generator: the semi-hard draw's generator (reproducible; ``None``: the global one).
         loss: ``"infonce"`` (above) or ``"supcon"``: SupCon's L_out,
             ``ℓ_i = −mean_p [s_ip − log Σ_{j≠i valid} e^{s_ij}]`` (over the selected
-            columns with ``mining``). Mining or SupCon run the kernels of
+            columns with ``mining``). SupCon without mining runs on the InfoNCE kernels
+            (every backend; docs/design.md §1.5); mining runs the kernels of
             pixcontrast/mining.py (backends "cpu", "triton", "torch").
 
     Returns:
@@ -489,7 +492,7 @@ def fused_pixel_contrast(
                                    generator, loss, anchors.device)
     if contrast is not None and contrast.dtype != anchors.dtype:
         anchors = anchors.to(contrast.dtype)
-    if mining is not None or loss != "infonce":
+    if mining is not None:
         if check_finite:
             assert_finite(anchors, "pixcontrast: anchors contains NaN or Inf")
             if contrast is not None:
@@ -506,11 +509,14 @@ def fused_pixel_contrast(
         assert_finite(anchors, "pixcontrast: anchors contains NaN or Inf")
         if contrast is not None:
             assert_finite(contrast, "pixcontrast: contrast contains NaN or Inf")
+    supcon = loss == "supcon"
     if name == "torch":
-        return pixel_contrast_reference(
+        reference = _mining.mining_reference if supcon else pixel_contrast_reference
+        return reference(
             anchors, labels, contrast, contrast_labels, temperature=temperature,
             base_temperature=base_temperature, ignore_index=ignore_index,
-            normalize=normalize, include_anchors=include_anchors, reduction=reduction)
+            normalize=normalize, include_anchors=include_anchors, reduction=reduction,
+            **({"loss": "supcon"} if supcon else {}))
 
     self_contrast = contrast is None or include_anchors
     if contrast is None:
@@ -520,6 +526,6 @@ def fused_pixel_contrast(
     row_loss, _, _, num_pos, _ = _forward_op(name)(
         anchors, labels.long(), contrast, contrast_labels.long(), self_contrast,
         1.0 / temperature, ignore_index, normalize, need_grad, cuda_matmul_allows_tf32(),
-        *((check_finite,) if name == "triton" else ()))
-    loss = reduce_rows(row_loss, num_pos, temperature / base_temperature, reduction)
-    return loss.to(anchors.dtype)
+        *((check_finite,) if name == "triton" else ()), supcon)
+    out = reduce_rows(row_loss, num_pos, temperature / base_temperature, reduction)
+    return out.to(anchors.dtype)

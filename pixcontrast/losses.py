@@ -57,8 +57,9 @@ class PixelContrastLoss(nn.Module):
             default 1024 negatives and 256 positives; the semi-hard pool's share). The
             semi-hard draw uses the ``generator`` given to ``forward``. docs/design.md §2.8.
         loss: ``"infonce"`` (the paper's per-positive InfoNCE) or ``"supcon"`` (SupCon's
-            L_out). Mining and SupCon have their own backends: "cpu", "triton" and "torch"
-            (dense); "auto" takes "cpu" on CPU tensors, "triton" on CUDA tensors.
+            L_out; without mining on the InfoNCE kernels, every backend). Mining has its
+            own backends: "cpu", "triton" and "torch" (dense); "auto" takes "cpu" on CPU
+            tensors, "triton" on CUDA tensors.
 
     ``forward(embed [B, D, h, w], labels [B, H, W], predictions)`` where ``predictions`` is
     segmentation logits ``[B, K, h', w']`` or a class map ``[B, h', w']``; returns a scalar.

@@ -1,20 +1,19 @@
 """Hard example mining from the contrast set, and the SupCon loss (docs/design.md §2.8).
 
-``fused_pixel_contrast(..., mining=..., loss=...)`` routes here whenever ``mining`` is set or
-``loss == "supcon"``; plain per-positive InfoNCE without mining stays on the InfoNCE kernels
-(pixcontrast/infonce.py). This op family has its own backends:
+``fused_pixel_contrast(..., mining=..., loss=...)`` routes here whenever ``mining`` is set;
+without mining both losses run on the InfoNCE kernels (pixcontrast/infonce.py; SupCon through
+their ``supcon`` switch, docs/design.md §1.5), whose "torch" backend reuses
+:func:`mining_reference` for SupCon. This op family has its own backends:
 
 * ``"torch"`` (alias ``"reference"``): :func:`mining_reference`, dense and obviously right:
   the ``[N, M]`` logits, a stable sort per row for the selection, autograd for the
   gradients. On float64 inputs it is the tests' oracle.
 * ``"cpu"``: the C++ kernels of csrc/cpu/mining.cpp. Selection by an exact radix select on
   the logits' bits (three histogram passes over the columns for fp32), then one pass that
-  takes or draws the selected columns; no ``[N, M]`` matrix. SupCon without mining is one
-  streaming pass (online log-sum-exp) and one recompute pass in backward.
+  takes or draws the selected columns; no ``[N, M]`` matrix.
 * ``"triton"``: kernels/mining.py, the same selection and backward on GPUs (float32,
   bfloat16, float16; fp32 logits): the histogram passes split the columns across programs
-  (integer atomics), a count pass lets each split of the take pass start at its rank;
-  SupCon without mining is a streaming pass and a column pass like the CPU's.
+  (integer atomics), a count pass lets each split of the take pass start at its rank.
 * ``"cuda"`` has no kernels for this family (it says so). ``"auto"``: "cpu" on CPU
   tensors, "triton" on CUDA tensors.
 
@@ -249,7 +248,7 @@ def selected_row_terms(sel_idx: Tensor, sel_logit: Tensor, num_negatives: int, s
 
 
 # --------------------------------------------------------------------------------------
-# torch.library wiring: the mined op (any kernel backend) and SupCon without mining
+# torch.library wiring: the mined op (any kernel backend)
 # --------------------------------------------------------------------------------------
 
 def _select_kernel(backend: str):
@@ -353,13 +352,6 @@ def _mined_backward(ctx, grad_row_loss, *unused):
 mined_rows.register_autograd(_mined_backward, setup_context=_mined_setup)
 
 
-def _fake_supcon_forward(anchors, labels, contrast, contrast_labels, self_contrast,
-                         inv_temperature, ignore_index, normalize, need_grad):
-    (n, dim), acc = anchors.shape, _acc_dtype(anchors)
-    return (*(anchors.new_empty((n,), dtype=acc) for _ in range(3)),
-            anchors.new_empty((n if need_grad else 0, dim), dtype=acc))
-
-
 def _fake_mining_select(anchors, labels, contrast, contrast_labels, self_contrast,
                         inv_temperature, ignore_index, normalize, u, semi_hard, fraction,
                         num_negatives, num_positives):
@@ -376,94 +368,11 @@ def _fake_mining_backward(anchors, contrast, self_contrast, inv_temperature, nor
             contrast.new_empty((contrast.shape[0] if need_columns else 0, dim), dtype=acc))
 
 
-def _fake_supcon_backward(anchors, labels, contrast, contrast_labels, self_contrast,
-                          inv_temperature, ignore_index, normalize, lse, num_pos, row_coef,
-                          need_contrast):
-    (n, dim), acc = anchors.shape, _acc_dtype(anchors)
-    return (anchors.new_empty((n if self_contrast else 0, dim), dtype=acc),
-            contrast.new_empty((contrast.shape[0] if need_contrast else 0, dim), dtype=acc))
-
-
-def _supcon_setup(ctx, inputs, output):
-    anchors, labels, contrast, contrast_labels, *_ = inputs
-    _, lse, num_pos, row_grad = output
-    if not ctx.needs_input_grad[2]:
-        contrast = contrast.new_empty((0, contrast.shape[1]))
-        contrast_labels = contrast_labels.new_empty((0,))
-    ctx.save_for_backward(anchors, labels, contrast, contrast_labels, lse, num_pos, row_grad)
-    ctx.args = tuple(inputs[4:9])
-
-
-def _make_supcon_backward(columns):
-    """SupCon's autograd formula, shared by the C++ and Triton ops (``columns``: their
-    column-pass op)."""
-
-    def backward(ctx, grad_row_loss, *unused):
-        _refuse_double_backward()
-        anchors, labels, contrast, contrast_labels, lse, num_pos, row_grad = ctx.saved_tensors
-        self_contrast, inv_temperature, ignore_index, normalize, need_grad = ctx.args
-        want_anchors, want_contrast = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        r = torch.where(num_pos > 0, grad_row_loss.to(lse.dtype), 0.0)
-        grad_anchors = grad_contrast = None
-        if want_anchors:
-            if not need_grad:
-                raise _need_grad_error()
-            grad_anchors = r[:, None] * row_grad
-        if want_contrast or (want_anchors and self_contrast):
-            grad_self, grad_cols = columns(
-                anchors, labels, contrast, contrast_labels, self_contrast, inv_temperature,
-                ignore_index, normalize, lse, num_pos, r, want_contrast)
-            if want_anchors and self_contrast:
-                grad_anchors = grad_anchors + grad_self
-            if want_contrast:
-                grad_contrast = grad_cols.to(contrast.dtype)
-        if grad_anchors is not None:
-            grad_anchors = grad_anchors.to(anchors.dtype)
-        return (grad_anchors, None, grad_contrast, None, None, None, None, None, None)
-
-    return backward
-
-
-@torch.library.custom_op("pixcontrast::supcon_forward_triton", mutates_args=())
-def supcon_forward_triton(
-    anchors: Tensor, labels: Tensor, contrast: Tensor, contrast_labels: Tensor,
-    self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
-    need_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from pixcontrast.kernels.mining import supcon_forward
-    return supcon_forward(anchors, labels, contrast, contrast_labels, self_contrast,
-                          inv_temperature, ignore_index, normalize, need_grad)
-
-
-@torch.library.custom_op("pixcontrast::supcon_backward_triton", mutates_args=())
-def supcon_backward_triton(
-    anchors: Tensor, labels: Tensor, contrast: Tensor, contrast_labels: Tensor,
-    self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
-    lse: Tensor, num_pos: Tensor, row_coef: Tensor, need_contrast: bool,
-) -> tuple[Tensor, Tensor]:
-    from pixcontrast.kernels.mining import supcon_backward
-    return supcon_backward(anchors, labels, contrast, contrast_labels, self_contrast,
-                           inv_temperature, ignore_index, normalize, lse, num_pos, row_coef,
-                           need_contrast)
-
-
-_HAS_CPU_KERNELS = all(has_kernels("CPU", op) for op in (
-    "mining_select", "mining_backward", "supcon_forward", "supcon_backward"))
+_HAS_CPU_KERNELS = all(has_kernels("CPU", op) for op in ("mining_select", "mining_backward"))
 
 if extension_available() and _HAS_CPU_KERNELS:
     torch.library.register_fake("pixcontrast::mining_select")(_fake_mining_select)
     torch.library.register_fake("pixcontrast::mining_backward")(_fake_mining_backward)
-    torch.library.register_fake("pixcontrast::supcon_forward")(_fake_supcon_forward)
-    torch.library.register_fake("pixcontrast::supcon_backward")(_fake_supcon_backward)
-    torch.library.register_autograd(
-        "pixcontrast::supcon_forward",
-        _make_supcon_backward(lambda *a: torch.ops.pixcontrast.supcon_backward(*a)),
-        setup_context=_supcon_setup)
-
-supcon_forward_triton.register_fake(_fake_supcon_forward)
-supcon_backward_triton.register_fake(_fake_supcon_backward)
-supcon_forward_triton.register_autograd(_make_supcon_backward(supcon_backward_triton),
-                                        setup_context=_supcon_setup)
 
 
 # --------------------------------------------------------------------------------------
@@ -502,18 +411,18 @@ def _triton_reasons(device: torch.device, anchors: Tensor, contrast: Tensor | No
 
 
 def _cuda_reasons(device: torch.device, *inputs) -> list[str]:
-    return ["cuda: hard example mining and SupCon have no CUDA kernels (the triton, cpu and "
-            "dense torch backends have them)"]
+    return ["cuda: hard example mining has no CUDA kernels (the triton, cpu and dense torch "
+            "backends have them)"]
 
 
 # "auto": the C++ kernels on CPU tensors, Triton on CUDA tensors.
 BACKENDS = OpBackends(
-    "fused_pixel_contrast (mining / supcon)",
+    "fused_pixel_contrast (mining)",
     checks={"cpu": _cpu_reasons, "triton": _triton_reasons, "cuda": _cuda_reasons,
             "torch": runs_anywhere},
     priority={"cpu": ("cpu",), "cuda": ("triton", "cuda")},
     aliases={"reference": "torch"},
-    auto_hint="backend='torch' (alias 'reference') computes mining and SupCon densely "
+    auto_hint="backend='torch' (alias 'reference') computes mining densely "
               "(memory O(N·M)).")
 
 
@@ -528,13 +437,13 @@ def mined_pixel_contrast(
     num_negatives: int | None, num_positives: int | None, semi_hard_fraction: float,
     generator: torch.Generator | None, loss: str,
 ) -> Tensor:
-    """Mining and/or SupCon; the inputs are checked (and cast) by fused_pixel_contrast."""
+    """Mining (InfoNCE or SupCon over the selected columns); the inputs are checked (and
+    cast) by fused_pixel_contrast."""
     name = BACKENDS.choose(backend, anchors.device, anchors, contrast)
     k_neg = DEFAULT_NUM_NEGATIVES if num_negatives is None else num_negatives
     k_pos = DEFAULT_NUM_POSITIVES if num_positives is None else num_positives
     semi = mining == "semi-hard"
-    u = draws(anchors.shape[0], k_neg, k_pos, generator, anchors.device, semi) \
-        if mining is not None else None
+    u = draws(anchors.shape[0], k_neg, k_pos, generator, anchors.device, semi)
     scale = temperature / base_temperature
     if name == "torch":
         return mining_reference(
@@ -549,14 +458,9 @@ def mined_pixel_contrast(
         contrast_labels = labels.new_empty((0,), dtype=torch.long)
     args = (anchors, labels.long(), contrast, contrast_labels.long())
     need_grad = torch.is_grad_enabled() and anchors.requires_grad
-    if mining is None:  # SupCon over every valid column: the streaming kernels
-        op = supcon_forward_triton if name == "triton" else torch.ops.pixcontrast.supcon_forward
-        row_loss, _, num_pos, _ = op(
-            *args, self_contrast, 1.0 / temperature, ignore_index, normalize, need_grad)
-    else:
-        row_loss, num_pos, _, _, _ = mined_rows(
-            *args, u, self_contrast, 1.0 / temperature, ignore_index, normalize, semi,
-            float(semi_hard_fraction), k_neg, k_pos, loss == "supcon", need_grad, name)
+    row_loss, num_pos, _, _, _ = mined_rows(
+        *args, u, self_contrast, 1.0 / temperature, ignore_index, normalize, semi,
+        float(semi_hard_fraction), k_neg, k_pos, loss == "supcon", need_grad, name)
     return reduce_rows(row_loss, num_pos, scale, reduction).to(anchors.dtype)
 
 

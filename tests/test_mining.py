@@ -421,7 +421,7 @@ def test_double_backward_refused():
     (dict(mining="semi-hard", semi_hard_fraction=1.5), ValueError, "semi_hard_fraction"),
     (dict(mining="semi-hard", generator=3), TypeError, "generator must be"),
     (dict(mining="hardest", backend="gpu"), ValueError, "backend must be"),
-    (dict(loss="supcon", backend="cuda"), RuntimeError, "no CUDA kernels"),
+    (dict(mining="hardest", backend="cuda"), RuntimeError, "mining has no CUDA kernels"),
     (dict(mining="hardest", backend="triton", anchors=torch.randn(4, 8).double()),
      RuntimeError, "triton: dtype torch.float64 is not supported"),
 ])

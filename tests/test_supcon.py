@@ -1,5 +1,7 @@
-"""SupCon L_out (docs/design.md §2.8) without mining: kernels against the float64 oracle, and
-the reference against SupCon's own log-softmax form."""
+"""SupCon L_out (docs/design.md §1.5, §2.8) without mining, on the InfoNCE kernels: every
+backend that runs it (cpu, triton under the interpreter, and the CUDA backend's schedule and
+row-pass bodies through their CPU twin ``_infonce_*_device_schedule``) against the float64
+oracle, and the reference against SupCon's own log-softmax form."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pixcontrast._extension import has_kernels
+from pixcontrast.mining import mining_reference
 from pixcontrast.ops import fused_pixel_contrast
 from tests._oracle import IGNORE, assert_lowprec_matches, assert_matches, fp32_rtol, make_case
 
@@ -39,6 +43,18 @@ def test_kernels_match_oracle(backend, mode, temperature, normalize):
     ours = _run(case, backend, upstream=up)
     ref = _run(case, "torch", upstream=up, double=True)
     assert_matches(ours, ref, fp32_rtol(20, temperature, tensor_cores=False) * 2, 1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_reductions(backend, mode, reduction):
+    case = make_case(mode, n=29, m=67, d=12)
+    up = torch.randn(29, dtype=torch.float64) if reduction == "none" else torch.randn(())
+    ours = _run(case, backend, reduction, up)
+    ref = _run(case, "torch", reduction, up, double=True)
+    assert ours[0].shape == ref[0].shape
+    assert_matches(ours, ref, fp32_rtol(12, tensor_cores=False) * 2, 1e-6)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -108,3 +124,217 @@ def test_low_precision_inputs(backend, dtype):
     # error in that dtype, as the InfoNCE tests do.
     dense = _run(case, "torch", upstream=up)
     assert_lowprec_matches(ours, ref, dense)
+
+
+# --- The CUDA backend's code, on the CPU ---------------------------------------------------
+
+OPS = torch.ops.pixcontrast
+SCHEDULES = {
+    "device": (lambda: OPS._infonce_forward_device_schedule,
+               lambda: OPS._infonce_backward_columns_device_schedule),
+    "host": (lambda: OPS.infonce_forward, lambda: OPS.infonce_backward_columns),
+}
+needs_device_schedule = pytest.mark.skipif(
+    not has_kernels("CPU", "_infonce_forward_device_schedule"),
+    reason="extension not built (or built from older sources)")
+
+
+def _operands(case):
+    a = case.anchors
+    if case.contrast is None:
+        c, z = a.new_empty(0, a.shape[1]), case.labels.new_empty(0)
+    else:
+        c, z = case.contrast, case.contrast_labels
+    return a, case.labels, c, z, case.contrast is None or case.include_anchors
+
+
+def _ops_rows(schedule, case, w):
+    """Row terms and d(Σ w·row_loss)/d anchors, /d contrast through the two ops with
+    supcon=True, composed as pixcontrast/infonce.py's autograd formula does."""
+    fwd, bwd = (f() for f in SCHEDULES[schedule])
+    a, y, c, z, self_contrast = _operands(case)
+    inv_t = 1.0 / case.temperature
+    row_loss, lse, sig, npos, row_grad = fwd(a, y, c, z, self_contrast, inv_t, IGNORE,
+                                             case.normalize, True, False, True)
+    coef = torch.where(npos > 0, w / npos.clamp(min=1), 0.0)
+    gc, ga = bwd(a, y, c, z, self_contrast, inv_t, IGNORE, case.normalize, lse, sig, coef,
+                 False, True)
+    return (row_loss, lse, sig, npos), w[:, None] * row_grad + (ga if self_contrast else 0), gc
+
+
+def _oracle_rows(case, w):
+    """float64: row losses and gradients from the dense reference (τ_b = τ: no scale), L
+    and |P| densely."""
+    a, y, c, z, self_contrast = _operands(case)
+    ad = a.detach().double().requires_grad_()
+    cd = c.detach().double().requires_grad_()
+    has_c = c.shape[0] > 0
+    row_loss = mining_reference(ad, y, cd if has_c else None, z if has_c else None,
+                                temperature=case.temperature, base_temperature=case.temperature,
+                                ignore_index=IGNORE, normalize=case.normalize,
+                                include_anchors=case.include_anchors and has_c,
+                                reduction="none", loss="supcon")
+    ga, gc = torch.autograd.grad((row_loss * w).sum(), (ad, cd), allow_unused=True)
+    gc = torch.zeros_like(cd) if gc is None else gc
+    with torch.no_grad():
+        an = F.normalize(ad, dim=1) if case.normalize else ad
+        cn = F.normalize(cd, dim=1) if case.normalize else cd
+        cols, labs = ([an], [y]) if self_contrast else ([], [])
+        cols.append(cn)
+        labs.append(z)
+        cols, labs = torch.cat(cols), torch.cat(labs)
+        s = an @ cols.T / case.temperature
+        valid = (y != IGNORE)[:, None] & (labs != IGNORE)[None, :]
+        if self_contrast:
+            valid[:, :a.shape[0]] &= ~torch.eye(a.shape[0], dtype=torch.bool)
+        lse = torch.logsumexp(s.masked_fill(~valid, float("-inf")), 1)
+        npos = (valid & (y[:, None] == labs[None, :])).sum(1).double()
+    return (row_loss.detach(), lse, npos, npos), ga, gc
+
+
+def _check_rows(ours, ref, rtol, atol=1e-6):
+    (terms, ga, gc), (ref_terms, ref_ga, ref_gc) = ours, ref
+    for name, x, r in zip(("row_loss", "lse", "pos_sig", "num_pos"), terms, ref_terms):
+        finite = torch.isfinite(r)
+        assert torch.equal(torch.isfinite(x), finite), f"{name}: ±inf where the oracle has none"
+        assert (x[~finite] == r[~finite].to(x.dtype)).all(), f"{name}: wrong infinities"
+        err = (x.double()[finite] - r[finite]).abs().max().item() if finite.any() else 0.0
+        scale = r[finite].abs().max().item() if finite.any() else 0.0
+        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
+    for name, x, r in (("grad anchors", ga, ref_ga), ("grad contrast", gc, ref_gc)):
+        err = (x.double() - r).abs().max().item() if r.numel() else 0.0
+        scale = r.abs().max().item() if r.numel() else 0.0
+        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
+
+
+@needs_device_schedule
+@pytest.mark.parametrize("schedule", ["device", "host"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_schedules_match_oracle(schedule, mode, dtype, normalize):
+    """Per-row terms (pos_sig = |P|) and both gradients, host schedule (the CPU op) and
+    device schedule (the CUDA binding's loop and kernel bodies)."""
+    case = make_case(mode, n=41, m=97, d=12, dtype=dtype, sort_bank=False,
+                     normalize=normalize, scale=1.0 if normalize else 0.3)
+    w = torch.randn(41, dtype=torch.float64)
+    ours = _ops_rows(schedule, case, w.to(torch.float64 if dtype == torch.float64
+                                           else torch.float32))
+    _check_rows(ours, _oracle_rows(case, w), 1e-10 if dtype == torch.float64 else 4e-5)
+
+
+@needs_device_schedule
+@pytest.mark.parametrize("mode", ["self", "bank+anchors"])
+def test_device_schedule_over_several_chunks(mode):
+    """~1900-column chunks (8 MB of fp32 logits at 1100 rows): the denominator's online
+    log-sum-exp and U rescale across chunks, positives split over chunks."""
+    case = make_case(mode, n=1100, m=5000, d=8, classes=7, sort_bank=False)
+    w = torch.randn(1100, dtype=torch.float64)
+    _check_rows(_ops_rows("device", case, w.float()), _oracle_rows(case, w), 4e-5)
+
+
+@needs_device_schedule
+def test_schedules_agree_and_infonce_specialisation_is_untouched():
+    case = make_case("bank+anchors", n=64, m=300, d=16, sort_bank=True)
+    w = torch.randn(64)
+    dev = _ops_rows("device", case, w)
+    host = _ops_rows("host", case, w)
+    for x, h in zip(torch.utils._pytree.tree_leaves(dev), torch.utils._pytree.tree_leaves(host)):
+        torch.testing.assert_close(x, h, rtol=2e-5, atol=2e-6)
+    # supcon=False (the default) is InfoNCE: pos_sig is a sum of sigmoids, not |P|.
+    a, y, c, z, self_contrast = _operands(case)
+    out = OPS.infonce_forward(a, y, c, z, self_contrast, 10.0, IGNORE, True, False, False)
+    has = out[3] > 0
+    assert (out[2][has] < out[3][has]).all()
+
+
+# --- Edge cases, every backend -------------------------------------------------------------
+
+KERNEL_BACKENDS = ["cpu", "triton", "torch"]
+
+
+def _only_positives_case():
+    """Self-contrast plus a bank where one class has no other column: rows of class 0 see
+    positives only (L = log Σ_p e^{s_p}, their loss is finite and their gradient nonzero),
+    one row has no positive (contributes 0), ignored rows and columns take no part."""
+    d = 6
+    y = torch.tensor([0, 0, IGNORE, 0, 3, 0])
+    z = torch.tensor([0, IGNORE, 0, 0])
+    return torch.randn(6, d), y, torch.randn(4, d), z
+
+
+def _explicit_supcon(a, y, c, z, temperature, reduction):
+    """SupCon's definition, one row at a time (float64)."""
+    an, cn = F.normalize(a.double(), dim=1), F.normalize(c.double(), dim=1)
+    cols, labs = torch.cat([an, cn]), torch.cat([y, z])
+    per_row = torch.zeros(a.shape[0], dtype=torch.float64)
+    for i in range(a.shape[0]):
+        if int(y[i]) == IGNORE:
+            continue
+        keep = [j for j in range(cols.shape[0]) if int(labs[j]) != IGNORE and j != i]
+        pos = [k for k, j in enumerate(keep) if int(labs[j]) == int(y[i])]
+        if pos:
+            logp = torch.log_softmax(cols[keep] @ an[i] / temperature, 0)
+            per_row[i] = -logp[pos].mean()
+    per_row = per_row * (temperature / 0.07)
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return per_row.sum()
+    return per_row.sum() / (per_row != 0).sum()
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_rows_with_only_positives_no_positive_and_ignored(backend, reduction):
+    a, y, c, z = _only_positives_case()
+    a.requires_grad_()
+    c.requires_grad_()
+    out = fused_pixel_contrast(a, y, c, z, include_anchors=True, loss="supcon",
+                               ignore_index=IGNORE, reduction=reduction, backend=backend)
+    ref = _explicit_supcon(a.detach(), y, c.detach(), z, 0.1, reduction)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+    if reduction == "none":
+        assert out[2] == 0 and out[4] == 0  # ignored row, row without a positive
+        assert (out[[0, 1, 3, 5]] > 0).all()
+    ad = a.detach().double().requires_grad_()
+    cd = c.detach().double().requires_grad_()
+    up = torch.randn(out.shape, dtype=torch.float64)
+    ga, gc = torch.autograd.grad((out.double() * up).sum(), (a, c))
+    ref_ga, ref_gc = torch.autograd.grad(
+        (_explicit_supcon(ad, y, cd, z, 0.1, reduction) * up).sum(), (ad, cd))
+    torch.testing.assert_close(ga.double(), ref_ga, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(gc.double(), ref_gc, rtol=1e-4, atol=1e-6)
+    assert gc[1].abs().max() == 0  # the ignored column gets no gradient
+
+
+# --- On a GPU: the triton and cuda backends (skipped without CUDA) ---------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gpu_backends_match_oracle(backend, mode, dtype, normalize):
+    from pixcontrast.ops import not_supported_reasons
+    reasons = not_supported_reasons(backend, torch.empty(1, 8, device="cuda"))
+    if reasons:
+        pytest.fail(f"backend {backend!r} must run on this GPU machine: {reasons}")
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32: 3xTF32 / IEEE SGEMM
+    try:
+        case = make_case(mode, n=333, m=4099, d=48, classes=19, dtype=dtype,
+                         normalize=normalize, scale=1.0 if normalize else 0.3)
+        case.anchors, case.labels = case.anchors.cuda(), case.labels.cuda()
+        if case.contrast is not None:
+            case.contrast = case.contrast.cuda()
+            case.contrast_labels = case.contrast_labels.cuda()
+        up = torch.randn((), dtype=torch.float64)
+        ours = _run(case, backend, upstream=up.cuda())
+        ref = _run(case, "torch", upstream=up.cuda(), double=True)
+        if dtype == torch.float32:
+            assert_matches(ours, ref, fp32_rtol(48, tensor_cores=True) * 2, 1e-6)
+        else:
+            assert_lowprec_matches(ours, ref, _run(case, "torch", upstream=up.cuda()))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

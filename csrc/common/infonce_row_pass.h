@@ -29,7 +29,7 @@ struct Cast {
 
 // One row of a logits chunk: s (dot products, `count` columns), its weights p (may alias s),
 // the columns' labels z, the row's label y; self_col: the row's own column in the chunk
-// (self-contrast), −1 if none.
+// (self-contrast), −1 if none; supcon: SupCon's switches (infonce_rows.h, docs/design.md §1.5).
 template <typename T, typename P>
 struct RowChunk {
   const T* s;
@@ -40,23 +40,26 @@ struct RowChunk {
   int64_t self_col;
   T inv_t;
   int64_t ignore;
+  bool supcon;
 };
 
-// Negatives: the masked max, then p = e^{s − m_new}·scale and its sum; m, l updated and the
-// row's U (d values, or null) rescaled by α. m is read by every member before the second
-// reduction and written after it.
+// Negatives (SupCon: every valid column but the row itself): the masked max, then
+// p = e^{s − m_new}·scale and its sum; m, l updated and the row's U (d values, or null)
+// rescaled by α. m is read by every member before the second reduction and written after it.
 template <typename T, typename P, class Group>
 PIXCONTRAST_HD void negatives_pass(const Group& g, const RowChunk<T, P>& r, T scale, T* m, T* l, T* u,
                                    int64_t d) {
   T mx = -infinity<T>();
   for (int64_t j = g.rank(); j < r.count; j += g.size())
-    mx = max_of(mx, negative_logit(r.s[j], r.inv_t, r.z[j], r.y, r.ignore));
+    mx = max_of(mx, negative_logit(r.s[j], r.inv_t, r.z[j], r.y, r.ignore, j == r.self_col,
+                                   r.supcon));
   mx = g.max(mx);
   const T m_old = *m;
   const T m_new = new_max(m_old, mx);
   T sum = 0;
   for (int64_t j = g.rank(); j < r.count; j += g.size()) {
-    const T w = negative_weight(negative_logit(r.s[j], r.inv_t, r.z[j], r.y, r.ignore), m_new);
+    const T w = negative_weight(
+        negative_logit(r.s[j], r.inv_t, r.z[j], r.y, r.ignore, j == r.self_col, r.supcon), m_new);
     sum += w;
     r.p[j] = Cast<P>::to(w * scale);
   }
@@ -71,7 +74,7 @@ PIXCONTRAST_HD void negatives_pass(const Group& g, const RowChunk<T, P>& r, T sc
 }
 
 // Positives: adds Σ softplus(λ − s), Σ σ(λ − s) and |P| to loss, sig, count; p = σ·scale for
-// positives, 0 elsewhere.
+// positives, 0 elsewhere (SupCon: Σ (L − s), Σ 1 and p = scale; rows::positive_terms).
 template <typename T, typename P, class Group>
 PIXCONTRAST_HD void positives_pass(const Group& g, const RowChunk<T, P>& r, T lse, T scale, T* loss,
                                    T* sig, T* count) {
@@ -83,7 +86,7 @@ PIXCONTRAST_HD void positives_pass(const Group& g, const RowChunk<T, P>& r, T ls
     // positive: in a class-sorted bank the positives are runs, so most warps skip.
     if (g.any(pos)) {
       T sp;
-      softplus_sigmoid(lse - logit(r.s[j], r.inv_t), &sp, &sg);
+      positive_terms(lse - logit(r.s[j], r.inv_t), r.supcon, &sp, &sg);
       sg = keep_if(pos, sg);
       sp_sum += keep_if(pos, sp);
       sg_sum += sg;
@@ -112,7 +115,8 @@ PIXCONTRAST_HD void weights_pass(const Group& g, const RowChunk<T, P>& r, T lse,
   for (int64_t j = g.rank(); j < r.count; j += g.size()) {
     const bool pos = is_positive(r.z[j], r.y, r.ignore, j == r.self_col);
     const bool neg = is_negative(r.z[j], r.y, r.ignore);
-    r.p[j] = Cast<P>::to(column_weight(logit(r.s[j], r.inv_t), lse, pos, neg, c_neg, c_pos));
+    r.p[j] = Cast<P>::to(
+        column_weight(logit(r.s[j], r.inv_t), lse, pos, neg, c_neg, c_pos, r.supcon));
   }
 }
 

@@ -175,8 +175,17 @@ PIXCONTRAST_HD bool is_positive(int64_t z, int64_t y, int64_t ignore, bool self_
   return (z == y) & (y != ignore) & !self_pair;
 }
 
+// SupCon (`supcon`, docs/design.md §1.5): the log-sum-exp runs over every valid column but
+// the row itself, positives included; InfoNCE's over the negatives. A compile-time constant
+// in the CPU's vectorised loops, a uniform runtime flag in the CUDA kernels.
+PIXCONTRAST_HD bool in_denominator(int64_t z, int64_t y, int64_t ignore, bool self_pair,
+                                   bool supcon) {
+  return supcon ? (z != ignore) & (y != ignore) & !self_pair : is_negative(z, y, ignore);
+}
+
 // ---------------------------------------------------------------------------------------
-// Negatives pass (online log-sum-exp, flash-attention style).
+// Negatives pass (online log-sum-exp, flash-attention style); with supcon, the denominator
+// pass over every valid column.
 
 // The logit of a GEMM dot product; the same expression in every pass, so that a logit
 // recomputed in the column backward from the same dot is the forward's bit for bit.
@@ -198,10 +207,12 @@ PIXCONTRAST_HD double logit(double dot, double inv_t) {
 #endif
 }
 
-// Step 1, per element: the value that enters the row max (−inf unless a negative).
+// Step 1, per element: the value that enters the row max (−inf unless in the denominator:
+// a negative, or with supcon any valid column but the row itself).
 template <typename T>
-PIXCONTRAST_HD T negative_logit(T dot, T inv_t, int64_t z, int64_t y, int64_t ignore) {
-  return is_negative(z, y, ignore) ? logit(dot, inv_t) : -infinity<T>();
+PIXCONTRAST_HD T negative_logit(T dot, T inv_t, int64_t z, int64_t y, int64_t ignore,
+                                bool self_pair, bool supcon) {
+  return in_denominator(z, y, ignore, self_pair, supcon) ? logit(dot, inv_t) : -infinity<T>();
 }
 
 // Step 2, per row: the running max after the chunk.
@@ -243,11 +254,23 @@ PIXCONTRAST_HD void softplus_sigmoid(T x, T* sp, T* sg) {
   *sg = (x >= T(0) ? T(1) : e) / (T(1) + e);
 }
 
+// Per positive: the loss term and the weight of ĉ_p in V. InfoNCE: softplus(x) and σ(x);
+// SupCon: x = L − s itself and weight 1 (then Σ weights = |P|).
+template <typename T>
+PIXCONTRAST_HD void positive_terms(T x, bool supcon, T* sp, T* sg) {
+  if (supcon) {
+    *sp = x;
+    *sg = T(1);
+    return;
+  }
+  softplus_sigmoid(x, sp, sg);
+}
+
 // ---------------------------------------------------------------------------------------
 // Column backward.
 
 // Per row: the coefficients of the weights (§1.5): negatives c_neg = coef·g, positives
-// c_pos = −coef.
+// c_pos = −coef (SupCon: g = |P|, so c_neg = dL/d row_loss).
 template <typename T>
 PIXCONTRAST_HD T negative_coef(T row_coef, T pos_sig) {
   return row_coef * pos_sig;
@@ -258,10 +281,14 @@ PIXCONTRAST_HD T negative_coef(T row_coef, T pos_sig) {
 // lse = −inf (no negative) e = inf: positives get c_pos/inf = 0, and the masked negative
 // term drops the inf·0 = NaN it would otherwise produce. The clamp guards the last ulp of
 // a negative that is its row's only term.
+// SupCon: every valid column c_neg·min(e^{s−L}, 1) (the softmax over the denominator; a row
+// with a valid column has a finite L ≥ s) and positives c_pos on top.
 template <typename T>
-PIXCONTRAST_HD T column_weight(T s, T lse, bool positive, bool negative, T c_neg, T c_pos) {
+PIXCONTRAST_HD T column_weight(T s, T lse, bool positive, bool negative, T c_neg, T c_pos,
+                               bool supcon) {
   const T e = exp_acc(s - lse);
   const T en = e < T(1) ? e : T(1);
+  if (supcon) return keep_if(positive | negative, c_neg * en) + keep_if(positive, c_pos);
   return keep_if(positive, c_pos) / (T(1) + e) + keep_if(negative, c_neg * en);
 }
 
@@ -296,6 +323,7 @@ PIXCONTRAST_HD T normalize_backward(T g, T xhat, T proj, T inv, bool project) {
 // The row gradient's two coefficients: row_grad = a_coef·U − b_coef·V before the
 // normalisation backprop, with U = Σ_neg e^{s−m} ĉ and V = Σ_pos σ ĉ:
 // a_coef = inv_t·g/(|P|·l) (0 without negatives, where U = 0 too), b_coef = inv_t/|P|.
+// SupCon: U over the whole denominator, V = Σ_pos ĉ and g = |P|: the same formula.
 template <typename T>
 PIXCONTRAST_HD void row_grad_coefs(T inv_t, T pos_sig, T l, T num_pos, T* a_coef, T* b_coef) {
   const T b = num_pos > T(0) ? inv_t / num_pos : T(0);

@@ -70,22 +70,24 @@ PIXCONTRAST_INLINE T dot_impl(const T* a, const T* b, int64_t n) {
 // Negatives of one row over one chunk (online log-sum-exp step). On entry s holds the dot
 // products; on exit p_j = e^{s_j − m_new} for negatives and 0 elsewhere, ready for the
 // U += P·Ĉ product. Updates the running max m and sum l; returns α = e^{m_old − m_new},
-// the factor the caller applies to the row's U.
-template <typename T>
+// the factor the caller applies to the row's U. kSupcon: over every valid column but the
+// row's own (`self_col`, −1 if none) instead of the negatives.
+template <bool kSupcon, typename T>
 PIXCONTRAST_INLINE T negatives_row_impl(T* s, const int64_t* z, int64_t t, int64_t y,
-                                        int64_t ignore, T inv_t, T* m, T* l) {
+                                        int64_t ignore, T inv_t, int64_t self_col, T* m, T* l) {
   T mx[kLanes];
   for (int k = 0; k < kLanes; ++k) mx[k] = -kInf<T>;
   T tail = -kInf<T>;
   int64_t j = 0;
   for (; j + kLanes <= t; j += kLanes)
     for (int k = 0; k < kLanes; ++k) {
-      const T v = rows::negative_logit(s[j + k], inv_t, z[j + k], y, ignore);
+      const T v = rows::negative_logit(s[j + k], inv_t, z[j + k], y, ignore,
+                                       j + k == self_col, kSupcon);
       s[j + k] = v;
       mx[k] = mx[k] > v ? mx[k] : v;
     }
   for (; j < t; ++j) {
-    const T v = rows::negative_logit(s[j], inv_t, z[j], y, ignore);
+    const T v = rows::negative_logit(s[j], inv_t, z[j], y, ignore, j == self_col, kSupcon);
     s[j] = v;
     tail = tail > v ? tail : v;
   }
@@ -115,8 +117,9 @@ PIXCONTRAST_INLINE T negatives_row_impl(T* s, const int64_t* z, int64_t t, int64
 
 // Positives of one row over one chunk: adds Σ softplus(lse − s), Σ σ(lse − s) and |P| over
 // its positives (column `self_col` is the row itself, −1 if none) and leaves σ (0 for the
-// other columns) in s for V += σ·Ĉ.
-template <typename T>
+// other columns) in s for V += σ·Ĉ. kSupcon: Σ (lse − s), |P| and weight 1
+// (rows::positive_terms).
+template <bool kSupcon, typename T>
 PIXCONTRAST_INLINE void positives_row_impl(T* s, const int64_t* z, int64_t t, int64_t y,
                                            int64_t ignore, T inv_t, T lse, int64_t self_col,
                                            double* loss, double* sig, int64_t* count) {
@@ -127,7 +130,7 @@ PIXCONTRAST_INLINE void positives_row_impl(T* s, const int64_t* z, int64_t t, in
   auto step = [&](int64_t jj, T& la, T& sa, int64_t& ca) {
     const bool pos = rows::is_positive(z[jj], y, ignore, jj == self_col);
     T sp, sg;
-    rows::softplus_sigmoid(lse - rows::logit(s[jj], inv_t), &sp, &sg);
+    rows::positive_terms(lse - rows::logit(s[jj], inv_t), kSupcon, &sp, &sg);
     sg = keep_if(pos, sg);
     s[jj] = sg;
     la += keep_if(pos, sp);
@@ -150,51 +153,68 @@ PIXCONTRAST_INLINE void positives_row_impl(T* s, const int64_t* z, int64_t t, in
 
 // Column-gradient weights of one row over one chunk (rows::column_weight; `self_col` as in
 // positives_row, its weight 0).
-template <typename T>
+template <bool kSupcon, typename T>
 PIXCONTRAST_INLINE void gradient_row_impl(T* s, const int64_t* z, int64_t t, int64_t y,
                                           int64_t ignore, T inv_t, T lse, T c_neg, T c_pos,
                                           int64_t self_col) {
   for (int64_t j = 0; j < t; ++j) {
     const bool pos = rows::is_positive(z[j], y, ignore, j == self_col);
     const bool neg = rows::is_negative(z[j], y, ignore);
-    s[j] = rows::column_weight(rows::logit(s[j], inv_t), lse, pos, neg, c_neg, c_pos);
+    s[j] = rows::column_weight(rows::logit(s[j], inv_t), lse, pos, neg, c_neg, c_pos, kSupcon);
   }
 }
 
-// fp32 entry points get AVX-512 / AVX2 clones; fp64 ones are plain.
+// fp32 entry points get AVX-512 / AVX2 clones; fp64 ones are plain. `supcon` picks one of
+// two inlined instantiations (the loops stay free of the switch).
 PIXCONTRAST_CLONES float dot(const float* a, const float* b, int64_t n) {
   return dot_impl(a, b, n);
 }
 double dot(const double* a, const double* b, int64_t n) { return dot_impl(a, b, n); }
 
 PIXCONTRAST_CLONES float negatives_row(float* s, const int64_t* z, int64_t t, int64_t y,
-                                       int64_t ignore, float inv_t, float* m, float* l) {
-  return negatives_row_impl(s, z, t, y, ignore, inv_t, m, l);
+                                       int64_t ignore, float inv_t, int64_t self_col,
+                                       bool supcon, float* m, float* l) {
+  return supcon ? negatives_row_impl<true>(s, z, t, y, ignore, inv_t, self_col, m, l)
+                : negatives_row_impl<false>(s, z, t, y, ignore, inv_t, self_col, m, l);
 }
 double negatives_row(double* s, const int64_t* z, int64_t t, int64_t y, int64_t ignore,
-                     double inv_t, double* m, double* l) {
-  return negatives_row_impl(s, z, t, y, ignore, inv_t, m, l);
+                     double inv_t, int64_t self_col, bool supcon, double* m, double* l) {
+  return supcon ? negatives_row_impl<true>(s, z, t, y, ignore, inv_t, self_col, m, l)
+                : negatives_row_impl<false>(s, z, t, y, ignore, inv_t, self_col, m, l);
 }
 
 PIXCONTRAST_CLONES void positives_row(float* s, const int64_t* z, int64_t t, int64_t y,
                                       int64_t ignore, float inv_t, float lse, int64_t self_col,
-                                      double* loss, double* sig, int64_t* count) {
-  positives_row_impl(s, z, t, y, ignore, inv_t, lse, self_col, loss, sig, count);
+                                      bool supcon, double* loss, double* sig, int64_t* count) {
+  if (supcon)
+    positives_row_impl<true>(s, z, t, y, ignore, inv_t, lse, self_col, loss, sig, count);
+  else
+    positives_row_impl<false>(s, z, t, y, ignore, inv_t, lse, self_col, loss, sig, count);
 }
 void positives_row(double* s, const int64_t* z, int64_t t, int64_t y, int64_t ignore,
-                   double inv_t, double lse, int64_t self_col, double* loss, double* sig,
-                   int64_t* count) {
-  positives_row_impl(s, z, t, y, ignore, inv_t, lse, self_col, loss, sig, count);
+                   double inv_t, double lse, int64_t self_col, bool supcon, double* loss,
+                   double* sig, int64_t* count) {
+  if (supcon)
+    positives_row_impl<true>(s, z, t, y, ignore, inv_t, lse, self_col, loss, sig, count);
+  else
+    positives_row_impl<false>(s, z, t, y, ignore, inv_t, lse, self_col, loss, sig, count);
 }
 
 PIXCONTRAST_CLONES void gradient_row(float* s, const int64_t* z, int64_t t, int64_t y,
                                      int64_t ignore, float inv_t, float lse, float c_neg,
-                                     float c_pos, int64_t self_col) {
-  gradient_row_impl(s, z, t, y, ignore, inv_t, lse, c_neg, c_pos, self_col);
+                                     float c_pos, int64_t self_col, bool supcon) {
+  if (supcon)
+    gradient_row_impl<true>(s, z, t, y, ignore, inv_t, lse, c_neg, c_pos, self_col);
+  else
+    gradient_row_impl<false>(s, z, t, y, ignore, inv_t, lse, c_neg, c_pos, self_col);
 }
 void gradient_row(double* s, const int64_t* z, int64_t t, int64_t y, int64_t ignore,
-                  double inv_t, double lse, double c_neg, double c_pos, int64_t self_col) {
-  gradient_row_impl(s, z, t, y, ignore, inv_t, lse, c_neg, c_pos, self_col);
+                  double inv_t, double lse, double c_neg, double c_pos, int64_t self_col,
+                  bool supcon) {
+  if (supcon)
+    gradient_row_impl<true>(s, z, t, y, ignore, inv_t, lse, c_neg, c_pos, self_col);
+  else
+    gradient_row_impl<false>(s, z, t, y, ignore, inv_t, lse, c_neg, c_pos, self_col);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -318,7 +338,7 @@ template <typename acc_t>
 struct ForwardPolicy {
   const at::Tensor& anchors;
   const at::Tensor& contrast;
-  bool self_contrast, normalize, need_grad_;
+  bool self_contrast, normalize, need_grad_, supcon;
   acc_t inv_t;
   int64_t ignore;
   at::TensorOptions opts;
@@ -378,8 +398,8 @@ struct ForwardPolicy {
                                &l[k], up ? up + k * D : nullptr, D);
           continue;
         }
-        const acc_t alpha =
-            negatives_row(sp + k * t, c.z, t, ys[k], ignore, inv_t, &m[k], &l[k]);
+        const acc_t alpha = negatives_row(sp + k * t, c.z, t, ys[k], ignore, inv_t,
+                                          self_column(c, k, t), supcon, &m[k], &l[k]);
         if (up && alpha != acc_t(1))
           for (int64_t d = 0; d < D; ++d) up[k * D + d] *= alpha;
       }
@@ -425,7 +445,7 @@ struct ForwardPolicy {
           continue;
         }
         positives_row(sp + k * t, c.z, t, ys[r], ignore, inv_t, lse[r], self_column(c, r, t),
-                      &loss[r], &psig[r], &npos[r]);
+                      supcon, &loss[r], &psig[r], &npos[r]);
       }
     });
     return S;
@@ -437,7 +457,7 @@ struct ForwardPolicy {
   rows::RowChunk<acc_t, acc_t> row_chunk(acc_t* sp, const Chunk& c, int64_t k, int64_t t,
                                          int64_t row_begin = 0) const {
     const int64_t r = row_begin + k;
-    return {sp + k * t, sp + k * t, c.z, t, ys[r], self_column(c, r, t), inv_t, ignore};
+    return {sp + k * t, sp + k * t, c.z, t, ys[r], self_column(c, r, t), inv_t, ignore, supcon};
   }
 
   void finalize() {
@@ -507,10 +527,10 @@ template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore, bool normalize, bool need_grad, bool host_schedule) {
+    int64_t ignore, bool normalize, bool need_grad, bool supcon, bool host_schedule) {
   const int64_t N = anchors.size(0), D = anchors.size(1), M = contrast.size(0);
   const at::TensorOptions opts = anchors.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  ForwardPolicy<acc_t> pol{anchors, contrast, self_contrast, normalize, need_grad,
+  ForwardPolicy<acc_t> pol{anchors, contrast, self_contrast, normalize, need_grad, supcon,
                            static_cast<acc_t>(inv_temperature), ignore, opts};
   pol.D = D;
   pol.host_schedule = host_schedule;
@@ -583,7 +603,7 @@ struct BackwardPolicy {
   const at::Tensor& contrast;
   const int64_t* y;
   const int64_t* z;
-  bool self_contrast, normalize;
+  bool self_contrast, normalize, supcon;
   acc_t inv_t;
   int64_t ignore;
   int64_t D = 0, T = 1;
@@ -620,12 +640,13 @@ struct BackwardPolicy {
       for (int64_t k = b; k < e; ++k) {
         if (!host_schedule) {  // the GPU kernel's body
           const rows::RowChunk<acc_t, acc_t> r{sp + k * t, sp + k * t, c.z, t, y_a[k],
-                                               self_column(c, act[k], t), inv_t, ignore};
+                                               self_column(c, act[k], t), inv_t, ignore,
+                                               supcon};
           rows::weights_pass(rows::SerialGroup{}, r, lse_a[k], sig_a[k], coef_a[k], acc_t(1));
           continue;
         }
         gradient_row(sp + k * t, c.z, t, y_a[k], ignore, inv_t, lse_a[k], c_neg[k], c_pos[k],
-                     self_column(c, act[k], t));
+                     self_column(c, act[k], t), supcon);
       }
     });
     return S;
@@ -659,13 +680,13 @@ std::tuple<at::Tensor, at::Tensor> backward_columns_impl(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore, bool normalize, const at::Tensor& lse, const at::Tensor& pos_sig,
-    const at::Tensor& row_coef, bool host_schedule) {
+    const at::Tensor& row_coef, bool supcon, bool host_schedule) {
   const int64_t N = anchors.size(0), D = anchors.size(1), M = contrast.size(0);
   const at::TensorOptions opts = anchors.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   const at::Tensor y_t = labels.contiguous();
   const at::Tensor z_t = contrast_labels.contiguous();
   BackwardPolicy<acc_t> pol{anchors, contrast, y_t.const_data_ptr<int64_t>(),
-                            z_t.const_data_ptr<int64_t>(), self_contrast, normalize,
+                            z_t.const_data_ptr<int64_t>(), self_contrast, normalize, supcon,
                             static_cast<acc_t>(inv_temperature), ignore};
   pol.D = D;
   pol.host_schedule = host_schedule;
@@ -715,16 +736,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_f
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore_index, bool normalize, bool need_grad,
-    bool /*allow_tf32: the CPU kernels are IEEE fp32*/) {
+    bool /*allow_tf32: the CPU kernels are IEEE fp32*/, bool supcon) {
   check_inputs("infonce_forward", anchors, labels, contrast, contrast_labels);
   TORCH_CHECK(std::isfinite(inv_temperature),
               "infonce_forward: inv_temperature must be finite, got ", inv_temperature);
   if (anchors.scalar_type() == at::kDouble)
     return forward_impl<double>(anchors, labels, contrast, contrast_labels, self_contrast,
-                                inv_temperature, ignore_index, normalize, need_grad,
+                                inv_temperature, ignore_index, normalize, need_grad, supcon,
                                 kHostSchedule);
   return forward_impl<float>(anchors, labels, contrast, contrast_labels, self_contrast,
-                             inv_temperature, ignore_index, normalize, need_grad, kHostSchedule);
+                             inv_temperature, ignore_index, normalize, need_grad, supcon,
+                             kHostSchedule);
 }
 
 template <bool kHostSchedule>
@@ -732,7 +754,8 @@ std::tuple<at::Tensor, at::Tensor> infonce_backward_columns(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore_index, bool normalize, const at::Tensor& lse, const at::Tensor& pos_sig,
-    const at::Tensor& row_coef, bool /*allow_tf32: the CPU kernels are IEEE fp32*/) {
+    const at::Tensor& row_coef, bool /*allow_tf32: the CPU kernels are IEEE fp32*/,
+    bool supcon) {
   const char* op = "infonce_backward_columns";
   check_inputs(op, anchors, labels, contrast, contrast_labels);
   TORCH_CHECK(std::isfinite(inv_temperature), op, ": inv_temperature must be finite, got ",
@@ -749,10 +772,11 @@ std::tuple<at::Tensor, at::Tensor> infonce_backward_columns(
   if (anchors.scalar_type() == at::kDouble)
     return backward_columns_impl<double>(anchors, labels, contrast, contrast_labels,
                                          self_contrast, inv_temperature, ignore_index,
-                                         normalize, lse, pos_sig, row_coef, kHostSchedule);
+                                         normalize, lse, pos_sig, row_coef, supcon,
+                                         kHostSchedule);
   return backward_columns_impl<float>(anchors, labels, contrast, contrast_labels, self_contrast,
                                       inv_temperature, ignore_index, normalize, lse, pos_sig,
-                                      row_coef, kHostSchedule);
+                                      row_coef, supcon, kHostSchedule);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
-// C++ CPU kernels of hard example mining and SupCon (docs/design.md §2.8; Python driver
-// pixcontrast/mining.py, dense reference mining_reference there).
+// C++ CPU kernels of hard example mining, for InfoNCE and SupCon over the selected columns
+// (docs/design.md §2.8; Python driver pixcontrast/mining.py, dense reference
+// mining_reference there). SupCon without mining runs on the InfoNCE kernels
+// (csrc/cpu/infonce.cpp, its `supcon` switch).
 //
 //   mining_select    per anchor row, the mined negatives and positives: an exact radix
 //                    select on the logits' bits (11-bit digits: three histogram passes over
@@ -9,13 +11,9 @@
 //   mining_backward  gather-sums over the selected columns: the anchors' row term
 //                    Σ_k coef_ik ĉ_idx and, column by column in a fixed order, the columns'
 //                    term Σ coef_ik â_i, both through the normalisation.
-//   supcon_forward   SupCon without mining: one streaming pass (online log-sum-exp over all
-//                    valid columns, Σ_p s_p, |P|, and the anchor gradient's U and V).
-//   supcon_backward  one recompute pass for the columns' gradient.
 //
 // The N × columns logits never exist: a pass holds one [T, D] column tile of ≤ 256 KB (it
-// stays in L2 while every row sweeps it) and, in supcon_backward, one [rows, T] weight tile
-// of ≤ 8 MB.
+// stays in L2 while every row sweeps it).
 // Every logit is s = dot(â_i, ĉ_j) · (1/τ) from the same loaded tile by the same loop in
 // every pass, so the passes see bit-identical logits (the radix select relies on it). No
 // float atomics: each row's state belongs to one thread; column sums run in a fixed order.
@@ -38,7 +36,6 @@ namespace pixcontrast::cpu::mining {
 namespace {
 
 constexpr double kNormEps = 1e-12;            // F.normalize's eps
-constexpr int64_t kTileBytes = 8 << 20;       // a [rows, T] weight tile (supcon_backward)
 constexpr int64_t kColumnTileBytes = 256 << 10;  // a [T, D] column tile: stays in L2 while
                                                  // every row sweeps it
 constexpr int kLanes = 16;
@@ -147,10 +144,8 @@ inline void normalize_backward(const T* xhat, T inv, bool normalize, T* g, int64
   for (int64_t k = 0; k < d; ++k) g[k] = (g[k] - xhat[k] * c) * inv;
 }
 
-int64_t tile_width(int64_t d, int64_t elem, int64_t rows) {
-  const int64_t by_cols = kColumnTileBytes / std::max<int64_t>(d * elem, 1);
-  const int64_t by_rows = kTileBytes / std::max<int64_t>(rows * elem, 1);
-  return std::max<int64_t>(16, std::min(by_cols, by_rows));
+int64_t tile_width(int64_t d, int64_t elem) {
+  return std::max<int64_t>(16, kColumnTileBytes / std::max<int64_t>(d * elem, 1));
 }
 
 // The columns: the anchors themselves (when self_contrast), then the contrast rows.
@@ -163,13 +158,11 @@ struct Columns {
   int64_t n, m, d;
   bool self, normalize;
   int64_t n_self() const { return self ? n : 0; }
-  int64_t total() const { return n_self() + m; }
 
   // fn(tile_start, len, cols [len, D], inv [len], labels [len], is_self_segment), tiles
   // in increasing column order.
   template <typename Fn>
   void for_each_tile(int64_t width, Fn&& fn) const {
-    std::vector<T> ones;
     if (self)
       for (int64_t j0 = 0; j0 < n; j0 += width) {
         const int64_t len = std::min(width, n - j0);
@@ -311,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor> select_impl(
     }
   }
 
-  const int64_t width = tile_width(d, sizeof(T), 1);
+  const int64_t width = tile_width(d, sizeof(T));
   auto key_of = [](T s, int set) -> Key {
     const Key k = order_key(s);
     return set == 0 ? static_cast<Key>(~k) : k;  // negatives: most similar first
@@ -526,204 +519,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mining_backward(
                               sel_idx, coef, need_rows, need_columns);
 }
 
-// ---------------------------------------------------------------------------------------
-// SupCon without mining
-
-template <typename T>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_forward_impl(
-    const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
-    const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore, bool normalize, bool need_grad) {
-  const int64_t n = anchors.size(0), d = anchors.size(1), m = contrast.size(0);
-  const auto acc = std::is_same_v<T, double> ? at::kDouble : at::kFloat;
-  const auto opts = anchors.options().dtype(acc);
-  at::Tensor row_loss = at::zeros({n}, opts);
-  at::Tensor lse = at::full({n}, -kInf<double>, opts);
-  at::Tensor num_pos = at::zeros({n}, opts);
-  at::Tensor row_grad = at::zeros({need_grad ? n : 0, d}, opts);
-  if (n == 0) return {row_loss, lse, num_pos, row_grad};
-  std::vector<T> inv_a;
-  at::Tensor ahat;
-  Prepared p = prepare<T>(anchors, labels, contrast_labels, ignore, normalize, inv_a, ahat);
-  Columns<T> cols{contrast, p.contrast_labels.data_ptr<int64_t>(),
-                  p.labels.data_ptr<int64_t>(), ahat.data_ptr<T>(), n, m, d, self_contrast,
-                  normalize};
-  const int64_t nv = static_cast<int64_t>(p.rows.size());
-  const T invt = static_cast<T>(inv_temperature);
-  std::vector<T> mx(nv, -kInf<T>), l(nv, T(0)), pos_sum(nv, T(0));
-  std::vector<int64_t> cnt(nv, 0);
-  std::vector<T> uv(need_grad ? nv * 2 * d : 0, T(0));   // U then V per row
-  const int64_t width = tile_width(d, sizeof(T), 1);
-  cols.for_each_tile(width, [&](int64_t j0, int64_t len, const T* c, const int64_t* zt,
-                                bool self_seg) {
-    at::parallel_for(0, nv, 1, [&](int64_t b, int64_t e) {
-      std::vector<T> s(len);
-      for (int64_t r = b; r < e; ++r) {
-        const int64_t i = p.rows[r];
-        logits_row(cols.ahat + i * d, c, len, d, invt, s.data());
-        T tmax = -kInf<T>;
-        for (int64_t t = 0; t < len; ++t) {
-          const bool valid = zt[t] != ignore && !(self_seg && j0 + t == i);
-          s[t] = valid ? s[t] : -kInf<T>;
-          tmax = std::max(tmax, s[t]);
-        }
-        if (tmax == -kInf<T>) continue;
-        const T m_new = std::max(mx[r], tmax);
-        const T alpha = mx[r] == -kInf<T> ? T(0) : std::exp(mx[r] - m_new);
-        l[r] *= alpha;
-        T* u = need_grad ? uv.data() + r * 2 * d : nullptr;
-        if (need_grad && alpha != T(1))
-          for (int64_t k = 0; k < d; ++k) u[k] *= alpha;
-        mx[r] = m_new;
-        for (int64_t t = 0; t < len; ++t) {
-          if (s[t] == -kInf<T>) continue;
-          const T pe = std::exp(s[t] - m_new);
-          l[r] += pe;
-          const bool pos = zt[t] == cols.y[i];
-          if (pos) {
-            pos_sum[r] += s[t];
-            ++cnt[r];
-          }
-          if (need_grad) {
-            axpy(pe, c + t * d, u, d);
-            if (pos) axpy(T(1), c + t * d, u + d, d);
-          }
-        }
-      }
-    });
-  });
-  T* rl = row_loss.data_ptr<T>();
-  T* ls = lse.data_ptr<T>();
-  T* np = num_pos.data_ptr<T>();
-  T* rg = need_grad ? row_grad.data_ptr<T>() : nullptr;
-  for (int64_t r = 0; r < nv; ++r) {
-    const int64_t i = p.rows[r];
-    const T lam = l[r] > T(0) ? mx[r] + std::log(l[r]) : -kInf<T>;
-    ls[i] = lam;
-    np[i] = static_cast<T>(cnt[r]);
-    if (cnt[r] == 0) continue;
-    rl[i] = lam - pos_sum[r] / static_cast<T>(cnt[r]);
-    if (need_grad) {
-      const T* u = uv.data() + r * 2 * d;
-      T* g = rg + i * d;
-      for (int64_t k = 0; k < d; ++k)
-        g[k] = invt * (u[k] / l[r] - u[d + k] / static_cast<T>(cnt[r]));
-      normalize_backward(cols.ahat + i * d, inv_a[i], normalize, g, d);
-    }
-  }
-  return {row_loss, lse, num_pos, row_grad};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_forward(
-    const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
-    const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore_index, bool normalize, bool need_grad) {
-  check_common(anchors, labels, contrast, contrast_labels, "supcon_forward");
-  if (anchors.scalar_type() == at::kDouble)
-    return supcon_forward_impl<double>(anchors, labels, contrast, contrast_labels,
-                                       self_contrast, inv_temperature, ignore_index,
-                                       normalize, need_grad);
-  return supcon_forward_impl<float>(anchors, labels, contrast, contrast_labels, self_contrast,
-                                    inv_temperature, ignore_index, normalize, need_grad);
-}
-
-// Column gradient: G_ij = r_i·(e^{s_ij − L_i} − [j ∈ P(i)]/|P(i)|), ∂L/∂ĉ_j = (1/τ) Σ_i G_ij â_i.
-template <typename T>
-std::tuple<at::Tensor, at::Tensor> supcon_backward_impl(
-    const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
-    const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore, bool normalize, const at::Tensor& lse_in, const at::Tensor& num_pos_in,
-    const at::Tensor& row_coef_in, bool need_contrast) {
-  const int64_t n = anchors.size(0), d = anchors.size(1);
-  const int64_t m = need_contrast ? contrast.size(0) : 0;
-  const auto acc = std::is_same_v<T, double> ? at::kDouble : at::kFloat;
-  const auto opts = anchors.options().dtype(acc);
-  at::Tensor g_self = at::zeros({self_contrast ? n : 0, d}, opts);
-  at::Tensor g_contrast = at::zeros({m, d}, opts);
-  if (n == 0) return {g_self, g_contrast};
-  std::vector<T> inv_a;
-  at::Tensor ahat;
-  // Without need_contrast, only the self columns are visited (M = 0 below).
-  const at::Tensor c_used = contrast.narrow(0, 0, m);
-  Prepared p = prepare<T>(anchors, labels, contrast_labels.narrow(0, 0, m), ignore, normalize,
-                          inv_a, ahat);
-  const at::Tensor lse = lse_in.to(acc).contiguous(), num_pos = num_pos_in.to(acc).contiguous();
-  const at::Tensor row_coef = row_coef_in.to(acc).contiguous();
-  const T *L = lse.data_ptr<T>(), *np = num_pos.data_ptr<T>(), *rc = row_coef.data_ptr<T>();
-  std::vector<int64_t> active;  // rows with a nonzero coefficient
-  for (int64_t i : p.rows)
-    if (rc[i] != T(0) && np[i] > T(0)) active.push_back(i);
-  Columns<T> cols{c_used, p.contrast_labels.data_ptr<int64_t>(),
-                  p.labels.data_ptr<int64_t>(), ahat.data_ptr<T>(), n, m, d, self_contrast,
-                  normalize};
-  const int64_t na = static_cast<int64_t>(active.size());
-  if (na == 0) return {g_self, g_contrast};
-  const T invt = static_cast<T>(inv_temperature);
-  const int64_t width = tile_width(d, sizeof(T), na);
-  std::vector<T> gt(na * width);
-  T* out_self = self_contrast ? g_self.data_ptr<T>() : nullptr;
-  T* out_c = m > 0 ? g_contrast.data_ptr<T>() : nullptr;
-  cols.for_each_tile(width, [&](int64_t j0, int64_t len, const T* c, const int64_t* zt,
-                                bool self_seg) {
-    at::parallel_for(0, na, 1, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const int64_t i = active[r];
-        T* g = gt.data() + r * width;
-        logits_row(cols.ahat + i * d, c, len, d, invt, g);
-        for (int64_t t = 0; t < len; ++t) {
-          const bool valid = zt[t] != ignore && !(self_seg && j0 + t == i);
-          if (!valid) {
-            g[t] = T(0);
-            continue;
-          }
-          T w = std::exp(g[t] - L[i]);
-          if (zt[t] == cols.y[i]) w -= T(1) / np[i];
-          g[t] = rc[i] * w;
-        }
-      }
-    });
-    // Column sums in row order; the loaded tile gives ĉ for the normalisation backprop.
-    at::parallel_for(0, len, 8, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        const int64_t j = j0 + t;
-        T* g = self_seg ? out_self + j * d : out_c + (j - cols.n_self()) * d;
-        for (int64_t r = 0; r < na; ++r) {
-          const T w = gt[r * width + t];
-          if (w != T(0)) axpy(w, cols.ahat + active[r] * d, g, d);
-        }
-        for (int64_t k = 0; k < d; ++k) g[k] *= invt;
-        if (self_seg) {
-          normalize_backward(cols.ahat + j * d, inv_a[j], normalize, g, d);
-        } else if (normalize) {
-          // c + t·d is ĉ_j; its inverse norm is recomputed from the raw row.
-          std::vector<T> raw(d);
-          const T inv = read_row<T>(c_used, j - cols.n_self(), true, raw.data());
-          normalize_backward(c + t * d, inv, true, g, d);
-        }
-      }
-    });
-  });
-  return {g_self, g_contrast};
-}
-
-std::tuple<at::Tensor, at::Tensor> supcon_backward(
-    const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
-    const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore_index, bool normalize, const at::Tensor& lse, const at::Tensor& num_pos,
-    const at::Tensor& row_coef, bool need_contrast) {
-  check_common(anchors, labels, contrast, contrast_labels, "supcon_backward");
-  TORCH_CHECK(lse.numel() == anchors.size(0) && num_pos.numel() == anchors.size(0) &&
-                  row_coef.numel() == anchors.size(0),
-              "supcon_backward: lse, num_pos and row_coef must be [N]");
-  if (anchors.scalar_type() == at::kDouble)
-    return supcon_backward_impl<double>(anchors, labels, contrast, contrast_labels,
-                                        self_contrast, inv_temperature, ignore_index,
-                                        normalize, lse, num_pos, row_coef, need_contrast);
-  return supcon_backward_impl<float>(anchors, labels, contrast, contrast_labels,
-                                     self_contrast, inv_temperature, ignore_index, normalize,
-                                     lse, num_pos, row_coef, need_contrast);
-}
-
 }  // namespace
 }  // namespace pixcontrast::cpu::mining
 
@@ -745,26 +540,9 @@ TORCH_LIBRARY_FRAGMENT(pixcontrast, m) {
       "mining_backward(Tensor anchors, Tensor contrast, bool self_contrast, "
       "float inv_temperature, bool normalize, Tensor sel_idx, Tensor coef, bool need_rows, "
       "bool need_columns) -> (Tensor, Tensor, Tensor)");
-  // SupCon L_out without mining: row_loss, lse (over every valid column but the anchor
-  // itself), num_pos [N], and row_grad [N, D] (∂row_loss_i/∂anchors_i, [0, D] without
-  // need_grad).
-  m.def(
-      "supcon_forward(Tensor anchors, Tensor labels, Tensor contrast, Tensor contrast_labels, "
-      "bool self_contrast, float inv_temperature, int ignore_index, bool normalize, "
-      "bool need_grad) -> (Tensor, Tensor, Tensor, Tensor)");
-  // Column pass: gradient w.r.t. the anchors seen as columns ([N, D] when self_contrast,
-  // else [0, D]) and the contrast rows ([M, D] with need_contrast, else [0, D]), given
-  // row_coef = ∂L/∂row_loss.
-  m.def(
-      "supcon_backward(Tensor anchors, Tensor labels, Tensor contrast, "
-      "Tensor contrast_labels, bool self_contrast, float inv_temperature, int ignore_index, "
-      "bool normalize, Tensor lse, Tensor num_pos, Tensor row_coef, bool need_contrast) -> "
-      "(Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(pixcontrast, CPU, m) {
   m.impl("mining_select", &pixcontrast::cpu::mining::mining_select);
   m.impl("mining_backward", &pixcontrast::cpu::mining::mining_backward);
-  m.impl("supcon_forward", &pixcontrast::cpu::mining::supcon_forward);
-  m.impl("supcon_backward", &pixcontrast::cpu::mining::supcon_backward);
 }

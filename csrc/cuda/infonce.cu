@@ -110,10 +110,12 @@ struct WarpGroup {
   }
 };
 
-template <typename P>
+// kSupcon: the SupCon switch as a compile-time constant (the launchers pick the kernel from
+// InfonceChunk::supcon), so the InfoNCE kernels' loops carry no trace of it.
+template <typename P, bool kSupcon>
 __device__ r::RowChunk<float, P> row_chunk(const InfonceChunk& c, int64_t row) {
   return {c.S + row * c.count, static_cast<P*>(c.P) + row * c.count, c.z, c.count, c.y[row],
-          self_column(c, row), c.inv_t, c.ignore};
+          self_column(c, row), c.inv_t, c.ignore, kSupcon};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -142,14 +144,14 @@ __global__ void normalize_rows_kernel(const T* src, int64_t stride_row, int64_t 
 // ---------------------------------------------------------------------------------------
 // Row passes: one CTA per row of the chunk.
 
-template <typename P>
+template <typename P, bool kSupcon>
 __global__ void __launch_bounds__(kRowThreads) negatives_kernel(InfonceChunk c, float* m,
                                                                  float* l, float* U, int64_t d,
                                                                  float scale) {
   __shared__ float scratch[kWarps];
   CtaGroup g{scratch};
   const int64_t row = blockIdx.x;
-  r::negatives_pass(g, row_chunk<P>(c, row), scale, m + row, l + row,
+  r::negatives_pass(g, row_chunk<P, kSupcon>(c, row), scale, m + row, l + row,
                     U != nullptr ? U + row * d : nullptr, d);
 }
 
@@ -158,7 +160,7 @@ __global__ void lse_kernel(const float* m, const float* l, float* lse, int64_t n
   if (i < n) lse[i] = r::lse_of(m[i], l[i]);
 }
 
-template <typename P>
+template <typename P, bool kSupcon>
 __global__ void __launch_bounds__(kRowThreads) positives_kernel(InfonceChunk c,
                                                                  const float* lse, float* loss,
                                                                  float* sig, float* count,
@@ -166,18 +168,18 @@ __global__ void __launch_bounds__(kRowThreads) positives_kernel(InfonceChunk c,
   __shared__ float scratch[kWarps];
   CtaGroup g{scratch};
   const int64_t row = blockIdx.x;
-  r::positives_pass(g, row_chunk<P>(c, row), lse[row], scale, loss + row, sig + row,
+  r::positives_pass(g, row_chunk<P, kSupcon>(c, row), lse[row], scale, loss + row, sig + row,
                     count + row);
 }
 
-template <typename P>
+template <typename P, bool kSupcon>
 __global__ void __launch_bounds__(kRowThreads) weights_kernel(InfonceChunk c, const float* lse,
                                                                const float* pos_sig,
                                                                const float* row_coef,
                                                                const float* scale) {
   const int64_t row = blockIdx.x;
   const float inv_scale = scale != nullptr ? 1.f / *scale : 1.f;
-  r::weights_pass(CtaGroup{nullptr}, row_chunk<P>(c, row), lse[row], pos_sig[row],
+  r::weights_pass(CtaGroup{nullptr}, row_chunk<P, kSupcon>(c, row), lse[row], pos_sig[row],
                   row_coef[row], inv_scale);
 }
 
@@ -263,7 +265,8 @@ cudaError_t infonce_negatives(const InfonceChunk& chunk, float* m, float* l, flo
   if (chunk.rows > kMaxGridX) return cudaErrorInvalidConfiguration;
   return dispatch(chunk.kind, [&](auto t) {
     using T = decltype(t);
-    negatives_kernel<T><<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
+    auto* kernel = chunk.supcon ? negatives_kernel<T, true> : negatives_kernel<T, false>;
+    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
         chunk, m, l, U, d, weight_scale(chunk.kind));
     return cudaGetLastError();
   });
@@ -282,7 +285,8 @@ cudaError_t infonce_positives(const InfonceChunk& chunk, const float* lse, float
   if (chunk.rows > kMaxGridX) return cudaErrorInvalidConfiguration;
   return dispatch(chunk.kind, [&](auto t) {
     using T = decltype(t);
-    positives_kernel<T><<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
+    auto* kernel = chunk.supcon ? positives_kernel<T, true> : positives_kernel<T, false>;
+    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
         chunk, lse, loss, sig, count, weight_scale(chunk.kind));
     return cudaGetLastError();
   });
@@ -304,7 +308,8 @@ cudaError_t infonce_weights(const InfonceChunk& chunk, const float* lse, const f
   if (chunk.rows > kMaxGridX) return cudaErrorInvalidConfiguration;
   return dispatch(chunk.kind, [&](auto t) {
     using T = decltype(t);
-    weights_kernel<T><<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
+    auto* kernel = chunk.supcon ? weights_kernel<T, true> : weights_kernel<T, false>;
+    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
         chunk, lse, pos_sig, row_coef, scale);
     return cudaGetLastError();
   });

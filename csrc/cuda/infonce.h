@@ -59,10 +59,12 @@ struct InfonceChunk {
   int64_t self_start;
   float inv_t;
   int64_t ignore;
+  bool supcon;               // SupCon's switches (csrc/common/infonce_rows.h): the launchers
+                             // run the kernels' supcon instantiation
 };
 
-// Negatives: online max m, sum l (fp32 [rows]); P = e^{s−m_new}·weight_scale for negatives,
-// 0 elsewhere; U [rows, d] (fp32, or null) rescaled by α = e^{m_old − m_new}.
+// Negatives (supcon: every valid column but the row itself): online max m, sum l (fp32
+// [rows]); P = e^{s−m_new}·weight_scale for negatives, 0 elsewhere; U [rows, d] (fp32, or null) rescaled by α = e^{m_old − m_new}.
 cudaError_t infonce_negatives(const InfonceChunk& chunk, float* m, float* l, float* U,
                               int64_t d, cudaStream_t stream);
 
@@ -71,7 +73,8 @@ cudaError_t infonce_lse(const float* m, const float* l, float* lse, int64_t n,
                         cudaStream_t stream);
 
 // Positives: adds Σ softplus(λ − s), Σ σ(λ − s) and |P| over the row's positives in the chunk
-// to loss, sig, count (fp32 [rows]); P = σ·weight_scale for positives, 0 elsewhere.
+// to loss, sig, count (fp32 [rows]); P = σ·weight_scale for positives, 0 elsewhere (supcon:
+// λ − s, 1 and 1·weight_scale).
 cudaError_t infonce_positives(const InfonceChunk& chunk, const float* lse, float* loss,
                               float* sig, float* count, cudaStream_t stream);
 

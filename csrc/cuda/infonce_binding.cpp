@@ -131,16 +131,16 @@ Tensor front(const Tensor& buf, int64_t rows, int64_t cols) {
 struct Common {
   Common(const Tensor& anchors_, const Tensor& labels, const Tensor& contrast_,
          const Tensor& contrast_labels, bool self_contrast_, bool normalize_, bool allow_tf32_,
-         double inv_temperature, int64_t ignore_index)
+         double inv_temperature, int64_t ignore_index, bool supcon_)
       : anchors(anchors_), contrast(contrast_), y(labels.contiguous()),
         z(contrast_labels.contiguous()), self_contrast(self_contrast_), normalize(normalize_),
-        allow_tf32(allow_tf32_), inv_t(static_cast<float>(inv_temperature)),
+        allow_tf32(allow_tf32_), supcon(supcon_), inv_t(static_cast<float>(inv_temperature)),
         ignore(ignore_index) {}
 
   const Tensor& anchors;
   const Tensor& contrast;
   Tensor y, z;  // contiguous labels
-  bool self_contrast, normalize, allow_tf32;
+  bool self_contrast, normalize, allow_tf32, supcon;
   float inv_t;
   int64_t ignore;
   int64_t n = 0, d = 0, T = 1;
@@ -221,6 +221,7 @@ struct Common {
     a.self_start = c.start - row_begin;  // local row k's own column: k − (start − row_begin)
     a.inv_t = inv_t;
     a.ignore = ignore;
+    a.supcon = supcon;
     return a;
   }
 };
@@ -342,7 +343,7 @@ struct BackwardPolicy : Common {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> infonce_forward_cuda(
     const Tensor& anchors, const Tensor& labels, const Tensor& contrast,
     const Tensor& contrast_labels, bool self_contrast, double inv_temperature,
-    int64_t ignore_index, bool normalize, bool need_grad, bool allow_tf32) {
+    int64_t ignore_index, bool normalize, bool need_grad, bool allow_tf32, bool supcon) {
   constexpr const char* op = "infonce_forward";
   check_inputs(op, anchors, labels, contrast, contrast_labels, inv_temperature);
   const c10::cuda::CUDAGuard guard(anchors.device());
@@ -353,7 +354,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> infonce_forward_cuda(
             at::zeros({n}, f32), at::zeros({need_grad ? n : 0, d}, f32)};
   }
   ForwardPolicy pol(anchors, labels, contrast, contrast_labels, self_contrast, normalize,
-                    allow_tf32, inv_temperature, ignore_index);
+                    allow_tf32, inv_temperature, ignore_index, supcon);
   pol.need_grad_ = need_grad;
   pol.setup(std::max(self_contrast ? n : 0, m));
   pol.m = at::full({n}, -INFINITY, f32);
@@ -379,7 +380,7 @@ std::tuple<Tensor, Tensor> infonce_backward_columns_cuda(
     const Tensor& anchors, const Tensor& labels, const Tensor& contrast,
     const Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore_index, bool normalize, const Tensor& lse, const Tensor& pos_sig,
-    const Tensor& row_coef, bool allow_tf32) {
+    const Tensor& row_coef, bool allow_tf32, bool supcon) {
   constexpr const char* op = "infonce_backward_columns";
   check_inputs(op, anchors, labels, contrast, contrast_labels, inv_temperature);
   const int64_t n = anchors.size(0), d = anchors.size(1), m = contrast.size(0);
@@ -394,7 +395,7 @@ std::tuple<Tensor, Tensor> infonce_backward_columns_cuda(
   const c10::cuda::CUDAGuard guard(anchors.device());
   const auto f32 = anchors.options().dtype(at::kFloat);
   BackwardPolicy pol(anchors, labels, contrast, contrast_labels, self_contrast, normalize,
-                     allow_tf32, inv_temperature, ignore_index);
+                     allow_tf32, inv_temperature, ignore_index, supcon);
   pol.grad_contrast = at::zeros({m, d}, f32);
   pol.grad_anchor_cols = at::zeros({self_contrast ? n : 0, d}, f32);
   if (n == 0 || (m == 0 && !self_contrast)) return {pol.grad_contrast, pol.grad_anchor_cols};

@@ -9,7 +9,9 @@
 //   functions on the same inputs (differences: FMA contraction and --use_fast_math only);
 // * the end result (loss terms, row gradient, column gradients) against a float64
 //   computation of docs/design.md §1.3, for fp32, bf16 and fp16 operands, with and without
-//   self-contrast, ignored rows and columns, a row without positives, several chunks.
+//   self-contrast, ignored rows and columns, a row without positives, several chunks;
+//   InfoNCE and SupCon (the `supcon` switch: the denominator over every valid column but the
+//   row itself, positive terms λ − s with weight 1).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -71,6 +73,7 @@ struct Problem {
   int64_t n, m, d;
   bool self_contrast;
   ScalarKind kind;
+  bool supcon;
   float inv_t = 10.f;
   std::vector<float> a, c;  // values exactly representable in the operand dtype
   std::vector<int64_t> y, z;
@@ -78,8 +81,8 @@ struct Problem {
 };
 
 Problem make_problem(int64_t n, int64_t m, int64_t d, bool self_contrast, ScalarKind kind,
-                     std::mt19937& rng) {
-  Problem p{n, m, d, self_contrast, kind};
+                     bool supcon, std::mt19937& rng) {
+  Problem p{n, m, d, self_contrast, kind, supcon};
   std::normal_distribution<float> normal;
   std::uniform_int_distribution<int> cls(0, 4);
   std::uniform_real_distribution<float> unif(0.f, 1.f);
@@ -163,19 +166,24 @@ Reference reference(const Problem& p) {
   std::vector<std::vector<double>> gc(mc, std::vector<double>(d, 0));
   for (int64_t i = 0; i < n; ++i) {
     if (p.y[i] == kIgnore) continue;
+    // The log-sum-exp's set: the negatives (InfoNCE), every valid column but the row itself
+    // (SupCon).
+    auto in_denominator = [&](int64_t j) {
+      return cols.z[j] != kIgnore && (p.supcon ? cols.self_of[j] != i : cols.z[j] != p.y[i]);
+    };
     std::vector<double> s(mc);
     double mx = -INFINITY;
     for (int64_t j = 0; j < mc; ++j) {
       double dot = 0;
       for (int64_t k = 0; k < d; ++k) dot += ah[i][k] * ch[j][k];
       s[j] = dot * p.inv_t;
-      if (cols.z[j] != kIgnore && cols.z[j] != p.y[i]) mx = std::max(mx, s[j]);
+      if (in_denominator(j)) mx = std::max(mx, s[j]);
     }
     double lse = -INFINITY;
     if (mx > -INFINITY) {
       double sum = 0;
       for (int64_t j = 0; j < mc; ++j)
-        if (cols.z[j] != kIgnore && cols.z[j] != p.y[i]) sum += std::exp(s[j] - mx);
+        if (in_denominator(j)) sum += std::exp(s[j] - mx);
       lse = mx + std::log(sum);
     }
     ref.lse[i] = lse;
@@ -183,14 +191,15 @@ Reference reference(const Problem& p) {
     for (int64_t j = 0; j < mc; ++j) {
       if (cols.z[j] != p.y[i] || cols.self_of[j] == i) continue;
       const double x = lse - s[j];
-      const double sp = x == -INFINITY ? 0 : std::max(x, 0.0) + std::log1p(std::exp(-std::fabs(x)));
-      const double sg = x == -INFINITY ? 0 : 1 / (1 + std::exp(-x));
+      double sp = x == -INFINITY ? 0 : std::max(x, 0.0) + std::log1p(std::exp(-std::fabs(x)));
+      double sg = x == -INFINITY ? 0 : 1 / (1 + std::exp(-x));
+      if (p.supcon) sp = x, sg = 1;
       ref.loss[i] += sp, ref.sig[i] += sg, ref.npos[i] += 1;
       G[j] = -sg;
     }
     if (ref.npos[i] == 0) continue;
-    for (int64_t j = 0; j < mc; ++j)
-      if (cols.z[j] != kIgnore && cols.z[j] != p.y[i]) G[j] = ref.sig[i] * std::exp(s[j] - lse);
+    for (int64_t j = 0; j < mc; ++j)  // positives: −σ (InfoNCE), −1 + the softmax (SupCon)
+      if (in_denominator(j)) G[j] += ref.sig[i] * std::exp(s[j] - lse);
     std::vector<double> gh(d, 0);
     for (int64_t j = 0; j < mc; ++j) {
       if (G[j] == 0) continue;
@@ -292,10 +301,10 @@ const char* name_of(ScalarKind kind) {
 }
 
 void run_case(int64_t n, int64_t m, int64_t d, bool self_contrast, ScalarKind kind, int64_t width,
-              std::mt19937& rng) {
-  std::printf("case n=%lld m=%lld d=%lld self=%d %s chunk=%lld\n", (long long)n, (long long)m,
-              (long long)d, self_contrast, name_of(kind), (long long)width);
-  const Problem p = make_problem(n, m, d, self_contrast, kind, rng);
+              std::mt19937& rng, bool supcon = false) {
+  std::printf("case n=%lld m=%lld d=%lld self=%d %s chunk=%lld supcon=%d\n", (long long)n,
+              (long long)m, (long long)d, self_contrast, name_of(kind), (long long)width, supcon);
+  const Problem p = make_problem(n, m, d, self_contrast, kind, supcon, rng);
   const bool bf16 = kind != ScalarKind::kFloat32;  // 16-bit operands, weights in P_dev
   const Reference ref = reference(p);
   const size_t e = bf16 ? 2 : 4;
@@ -362,6 +371,7 @@ void run_case(int64_t n, int64_t m, int64_t d, bool self_contrast, ScalarKind ki
     c.self_start = start;
     c.inv_t = p.inv_t;
     c.ignore = kIgnore;
+    c.supcon = p.supcon;
     return std::make_pair(c, S);
   };
   // acc += P·cols on the host (the binding's second cuBLAS product).
@@ -403,12 +413,14 @@ void run_case(int64_t n, int64_t m, int64_t d, bool self_contrast, ScalarKind ki
         for (int64_t i = 0; i < n; ++i) {
           float mx = -INFINITY;
           for (int64_t j = 0; j < count; ++j)
-            mx = std::max(mx, r::negative_logit(S[i * count + j], p.inv_t, (*s.z)[start + j], p.y[i], kIgnore));
+            mx = std::max(mx, r::negative_logit(S[i * count + j], p.inv_t, (*s.z)[start + j], p.y[i],
+                                                kIgnore, s.self && start + j == i, p.supcon));
           want_m[i] = r::new_max(m_before[i], mx);
           double sum = 0;
           for (int64_t j = 0; j < count; ++j) {
             const float w = r::negative_weight(
-                r::negative_logit(S[i * count + j], p.inv_t, (*s.z)[start + j], p.y[i], kIgnore),
+                r::negative_logit(S[i * count + j], p.inv_t, (*s.z)[start + j], p.y[i], kIgnore,
+                                  s.self && start + j == i, p.supcon),
                 want_m[i]);
             want_p[i * count + j] = round_to(kind, w * wscale);
             sum += w;
@@ -526,6 +538,11 @@ int main(int argc, char** argv) {
   run_case(50, 300, 64, false, ScalarKind::kBFloat16, 128, rng);
   run_case(45, 200, 48, true, ScalarKind::kFloat16, 64, rng);  // fp16: the weight scales
   run_case(19, 0, 33, true, ScalarKind::kBFloat16, 64, rng);        // self-contrast alone
+  // SupCon on the same kernels: fp32 over chunks with the self segment, bf16 bank, fp16
+  // (its weight scales: positives weigh 1·scale).
+  run_case(37, 101, 20, true, ScalarKind::kFloat32, 64, rng, true);
+  run_case(50, 300, 64, false, ScalarKind::kBFloat16, 128, rng, true);
+  run_case(45, 200, 48, true, ScalarKind::kFloat16, 64, rng, true);
   pixcontrast_test::g_failures += failures;
   return pixcontrast_test::finish("test_infonce_cuda", seed);
 }
