@@ -152,3 +152,21 @@ def assert_large_norms_match(case: Case, backend: str, upstream: Tensor) -> None
     else:
         dense = run(case, backend="reference", upstream=upstream)
         assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=1e-4)
+
+
+def assert_row_terms_close(ours, ref, rtol: float, atol: float = 1e-6) -> None:
+    """A kernel schedule's ``((row_loss, lse, pos_sig, num_pos), grad_anchors,
+    grad_contrast)`` against the float64 oracle's: the same infinities in the same places,
+    every finite value within ``atol + rtol·scale``."""
+    (terms, ga, gc), (ref_terms, ref_ga, ref_gc) = ours, ref
+    for name, x, r in zip(("row_loss", "lse", "pos_sig", "num_pos"), terms, ref_terms):
+        finite = torch.isfinite(r)
+        assert torch.equal(torch.isfinite(x), finite), f"{name}: ±inf where the oracle has none"
+        assert (x[~finite] == r[~finite].to(x.dtype)).all(), f"{name}: wrong infinities"
+        err = (x.double()[finite] - r[finite]).abs().max().item() if finite.any() else 0.0
+        scale = r[finite].abs().max().item() if finite.any() else 0.0
+        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
+    for name, x, r in (("grad anchors", ga, ref_ga), ("grad contrast", gc, ref_gc)):
+        err = (x.double() - r).abs().max().item() if r.numel() else 0.0
+        scale = r.abs().max().item() if r.numel() else 0.0
+        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _oracle import IGNORE, make_case
+from _oracle import IGNORE, assert_row_terms_close, make_case
 from pixcontrast._extension import has_kernels
 from pixcontrast.infonce import reference_row_terms
 
@@ -67,18 +67,9 @@ def check(case, schedule, rtol, atol=1e-6):
     w = torch.randn(a.shape[0], dtype=torch.float64)
     terms, ga, gc = fused(schedule, a, y, c, z, self_contrast, inv_t, case.normalize,
                           w.to(a.dtype if a.dtype == torch.float64 else torch.float32))
-    ref_terms, ref_ga, ref_gc = oracle(a, y, c, z, self_contrast, inv_t, case.normalize, w)
-    for name, x, r in zip(("row_loss", "lse", "pos_sig", "num_pos"), terms, ref_terms):
-        finite = torch.isfinite(r)
-        assert torch.equal(torch.isfinite(x), finite), f"{name}: ±inf where the oracle has none"
-        assert (x[~finite] == r[~finite].to(x.dtype)).all(), f"{name}: wrong infinities"
-        err = (x.double()[finite] - r[finite]).abs().max().item() if finite.any() else 0.0
-        scale = r[finite].abs().max().item() if finite.any() else 0.0
-        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
-    for name, x, r in (("grad anchors", ga, ref_ga), ("grad contrast", gc, ref_gc)):
-        err = (x.double() - r).abs().max().item() if r.numel() else 0.0
-        scale = r.abs().max().item() if r.numel() else 0.0
-        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
+    assert_row_terms_close((terms, ga, gc),
+                           oracle(a, y, c, z, self_contrast, inv_t, case.normalize, w),
+                           rtol, atol)
 
 
 @pytest.mark.parametrize("schedule", ["device", "host"])
@@ -164,7 +155,8 @@ def test_auto_on_cuda_ranks_by_workload_and_mode(monkeypatch):
              ("paper-bank", "tf32"): {"triton": 9.0, "cuda": 1.4}}
     monkeypatch.setattr(_backends, "LOSS_FWD_BWD_MS_H200", table)
     cuda = torch.device("cuda")
-    small, big = torch.empty(120, 8, dtype=torch.bfloat16), torch.empty(1024, 8, dtype=torch.bfloat16)
+    small = torch.empty(120, 8, dtype=torch.bfloat16)
+    big = torch.empty(1024, 8, dtype=torch.bfloat16)
     assert infonce._cuda_rank(cuda, small) == ("cuda", "triton")
     assert infonce._cuda_rank(cuda, big) == ("triton", "cuda")
     assert infonce._cuda_rank(torch.device("cpu"), big) is None

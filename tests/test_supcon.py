@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from pixcontrast._extension import has_kernels
 from pixcontrast.mining import mining_reference
 from pixcontrast.ops import fused_pixel_contrast
-from tests._oracle import IGNORE, assert_lowprec_matches, assert_matches, fp32_rtol, make_case
+from tests._oracle import (IGNORE, assert_lowprec_matches, assert_matches,
+                           assert_row_terms_close, fp32_rtol, make_case)
 
 MODES = ["self", "bank", "bank+anchors", "bank-grad"]
 
@@ -192,21 +193,6 @@ def _oracle_rows(case, w):
     return (row_loss.detach(), lse, npos, npos), ga, gc
 
 
-def _check_rows(ours, ref, rtol, atol=1e-6):
-    (terms, ga, gc), (ref_terms, ref_ga, ref_gc) = ours, ref
-    for name, x, r in zip(("row_loss", "lse", "pos_sig", "num_pos"), terms, ref_terms):
-        finite = torch.isfinite(r)
-        assert torch.equal(torch.isfinite(x), finite), f"{name}: ±inf where the oracle has none"
-        assert (x[~finite] == r[~finite].to(x.dtype)).all(), f"{name}: wrong infinities"
-        err = (x.double()[finite] - r[finite]).abs().max().item() if finite.any() else 0.0
-        scale = r[finite].abs().max().item() if finite.any() else 0.0
-        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
-    for name, x, r in (("grad anchors", ga, ref_ga), ("grad contrast", gc, ref_gc)):
-        err = (x.double() - r).abs().max().item() if r.numel() else 0.0
-        scale = r.abs().max().item() if r.numel() else 0.0
-        assert err <= atol + rtol * scale, f"{name}: error {err:.3g}, scale {scale:.3g}"
-
-
 @needs_device_schedule
 @pytest.mark.parametrize("schedule", ["device", "host"])
 @pytest.mark.parametrize("mode", MODES)
@@ -220,7 +206,8 @@ def test_schedules_match_oracle(schedule, mode, dtype, normalize):
     w = torch.randn(41, dtype=torch.float64)
     ours = _ops_rows(schedule, case, w.to(torch.float64 if dtype == torch.float64
                                            else torch.float32))
-    _check_rows(ours, _oracle_rows(case, w), 1e-10 if dtype == torch.float64 else 4e-5)
+    rtol = 1e-10 if dtype == torch.float64 else 4e-5
+    assert_row_terms_close(ours, _oracle_rows(case, w), rtol)
 
 
 @needs_device_schedule
@@ -230,7 +217,7 @@ def test_device_schedule_over_several_chunks(mode):
     log-sum-exp and U rescale across chunks, positives split over chunks."""
     case = make_case(mode, n=1100, m=5000, d=8, classes=7, sort_bank=False)
     w = torch.randn(1100, dtype=torch.float64)
-    _check_rows(_ops_rows("device", case, w.float()), _oracle_rows(case, w), 4e-5)
+    assert_row_terms_close(_ops_rows("device", case, w.float()), _oracle_rows(case, w), 4e-5)
 
 
 @needs_device_schedule

@@ -12,6 +12,8 @@
 // The float64 path keeps the libm functions (float64 is the gradcheck path, not a fast path).
 #pragma once
 
+#include <cstdint>
+
 #include "common/infonce_rows.h"
 
 // Compile the hot row kernels for AVX-512 and AVX2 with a runtime (ifunc) choice; the
@@ -39,5 +41,22 @@ namespace pixcontrast::cpu {
 using rows::exp_acc;
 using rows::keep_if;
 using rows::log1p_unit;
+
+// Dot product with kDotLanes independent partial sums: without -ffast-math GCC will not
+// reorder a float sum, but it does vectorise the lane loop. The one dot product of the CPU
+// InfoNCE row kernels and of every logit of the mining kernels (csrc/cpu/mining.cpp).
+constexpr int kDotLanes = 16;
+
+template <typename T>
+PIXCONTRAST_INLINE T lane_dot(const T* a, const T* b, int64_t n) {
+  T acc[kDotLanes] = {};
+  int64_t j = 0;
+  for (; j + kDotLanes <= n; j += kDotLanes)
+    for (int k = 0; k < kDotLanes; ++k) acc[k] += a[j + k] * b[j + k];
+  T total = 0;
+  for (; j < n; ++j) total += a[j] * b[j];
+  for (int k = 0; k < kDotLanes; ++k) total += acc[k];
+  return total;
+}
 
 }  // namespace pixcontrast::cpu

@@ -55,18 +55,6 @@ constexpr T kInf = std::numeric_limits<T>::infinity();
 // Reductions keep kLanes independent partial results: without -ffast-math GCC will not
 // reorder a float sum or max, but it does vectorise the lane loop.
 
-template <typename T>
-PIXCONTRAST_INLINE T dot_impl(const T* a, const T* b, int64_t n) {
-  T acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += a[j + k] * b[j + k];
-  T total = 0;
-  for (; j < n; ++j) total += a[j] * b[j];
-  for (int k = 0; k < kLanes; ++k) total += acc[k];
-  return total;
-}
-
 // Negatives of one row over one chunk (online log-sum-exp step). On entry s holds the dot
 // products; on exit p_j = e^{s_j − m_new} for negatives and 0 elsewhere, ready for the
 // U += P·Ĉ product. Updates the running max m and sum l; returns α = e^{m_old − m_new},
@@ -167,9 +155,9 @@ PIXCONTRAST_INLINE void gradient_row_impl(T* s, const int64_t* z, int64_t t, int
 // fp32 entry points get AVX-512 / AVX2 clones; fp64 ones are plain. `supcon` picks one of
 // two inlined instantiations (the loops stay free of the switch).
 PIXCONTRAST_CLONES float dot(const float* a, const float* b, int64_t n) {
-  return dot_impl(a, b, n);
+  return lane_dot(a, b, n);
 }
-double dot(const double* a, const double* b, int64_t n) { return dot_impl(a, b, n); }
+double dot(const double* a, const double* b, int64_t n) { return lane_dot(a, b, n); }
 
 PIXCONTRAST_CLONES float negatives_row(float* s, const int64_t* z, int64_t t, int64_t y,
                                        int64_t ignore, float inv_t, int64_t self_col,

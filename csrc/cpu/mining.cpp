@@ -32,13 +32,14 @@
 #include <unordered_set>
 #include <vector>
 
+#include "fast_math.h"
+
 namespace pixcontrast::cpu::mining {
 namespace {
 
 constexpr double kNormEps = 1e-12;            // F.normalize's eps
 constexpr int64_t kColumnTileBytes = 256 << 10;  // a [T, D] column tile: stays in L2 while
                                                  // every row sweeps it
-constexpr int kLanes = 16;
 constexpr int kDigit = 11;                    // radix digit width
 
 template <typename T>
@@ -46,14 +47,7 @@ constexpr T kInf = std::numeric_limits<T>::infinity();
 
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t n) {
-  T acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += a[j + k] * b[j + k];
-  T total = 0;
-  for (; j < n; ++j) total += a[j] * b[j];
-  for (int k = 0; k < kLanes; ++k) total += acc[k];
-  return total;
+  return lane_dot(a, b, n);
 }
 
 // Every logit of every pass comes from logits_row: one function (one target clone chosen
