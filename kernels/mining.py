@@ -70,15 +70,19 @@ def _load_rows(ptr, s0, s1, rows, ok, D, NORMALIZE: tl.constexpr, BLOCK_D: tl.co
 
 
 @triton.jit
-def _tile(a, a_scale, c_ptr, c_s0, c_s1, z_ptr, cols, M, D, ignore, inv_t,
-          NORMALIZE: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Logits of the row tile against columns ``cols`` and those columns' labels/validity."""
+def _tile(a, a_scale, rows, row_ok, y, c_ptr, c_s0, c_s1, z_ptr, cols, M, D, ignore, inv_t,
+          IS_SELF: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The row tile against columns ``cols``: logits ``s``, their monotone keys, the valid
+    pairs (both labels not ignored, not the self pair) and the same-class pairs."""
     ok = cols < M
     z = tl.load(z_ptr + cols, mask=ok, other=ignore)
     c, c_scale = _load_rows(c_ptr, c_s0, c_s1, cols, ok, D, NORMALIZE, BLOCK_D)
     s = tl.dot(a, tl.trans(c), input_precision="tf32x3")
     s = s * (a_scale * inv_t)[:, None] * c_scale[None, :]
-    return s, z, ok & (z != ignore)
+    valid = row_ok[:, None] & (ok & (z != ignore))[None, :]
+    if IS_SELF:
+        valid = valid & (rows[:, None] != cols[None, :])
+    return s, _keys(s), valid, y[:, None] == z[None, :]
 
 
 @triton.jit
@@ -110,13 +114,8 @@ def _hist_kernel(a_ptr, a_s0, a_s1, y_ptr, c_ptr, c_s0, c_s1, z_ptr, state_ptr, 
     mask_digit = (1 << (HI - LO)) - 1
     for j0 in range(start, end, BLOCK_M):
         cols = j0 + tl.arange(0, BLOCK_M)
-        s, z, col_ok = _tile(a, a_scale, c_ptr, c_s0, c_s1, z_ptr, cols, end, D, ignore,
-                             inv_t, NORMALIZE, BLOCK_D)
-        valid = row_ok[:, None] & col_ok[None, :]
-        if IS_SELF:
-            valid = valid & (rows[:, None] != cols[None, :])
-        same = y[:, None] == z[None, :]
-        key = _keys(s)
+        _, key, valid, same = _tile(a, a_scale, rows, row_ok, y, c_ptr, c_s0, c_s1, z_ptr,
+                                    cols, end, D, ignore, inv_t, IS_SELF, NORMALIZE, BLOCK_D)
         key = tl.where(same, key, 4294967295 - key)
         active = tl.where(same, act_p[:, None], act_n[:, None])
         if not FIRST:
@@ -159,13 +158,8 @@ def _count_kernel(a_ptr, a_s0, a_s1, y_ptr, c_ptr, c_s0, c_s1, z_ptr, state_ptr,
     eq_p = tl.zeros([BLOCK_N], tl.int64)
     for j0 in range(start, end, BLOCK_M):
         cols = j0 + tl.arange(0, BLOCK_M)
-        s, z, col_ok = _tile(a, a_scale, c_ptr, c_s0, c_s1, z_ptr, cols, end, D, ignore,
-                             inv_t, NORMALIZE, BLOCK_D)
-        valid = row_ok[:, None] & col_ok[None, :]
-        if IS_SELF:
-            valid = valid & (rows[:, None] != cols[None, :])
-        same = y[:, None] == z[None, :]
-        key = _keys(s)
+        _, key, valid, same = _tile(a, a_scale, rows, row_ok, y, c_ptr, c_s0, c_s1, z_ptr,
+                                    cols, end, D, ignore, inv_t, IS_SELF, NORMALIZE, BLOCK_D)
         a1, b1 = _count_set(4294967295 - key, valid & (same == 0), st, row_ok)
         a2, b2 = _count_set(key, valid & same, st + 8, row_ok)
         sure_n += a1
@@ -231,13 +225,8 @@ def _take_kernel(a_ptr, a_s0, a_s1, y_ptr, c_ptr, c_s0, c_s1, z_ptr, state_ptr, 
     st = state_ptr + (tl.program_id(1) * N + rows.to(tl.int64)) * 16   # this split's state
     for j0 in range(start, end, BLOCK_M):
         cols = j0 + tl.arange(0, BLOCK_M)
-        s, z, col_ok = _tile(a, a_scale, c_ptr, c_s0, c_s1, z_ptr, cols, end, D, ignore,
-                             inv_t, NORMALIZE, BLOCK_D)
-        valid = row_ok[:, None] & col_ok[None, :]
-        if IS_SELF:
-            valid = valid & (rows[:, None] != cols[None, :])
-        same = y[:, None] == z[None, :]
-        key = _keys(s)
+        s, key, valid, same = _tile(a, a_scale, rows, row_ok, y, c_ptr, c_s0, c_s1, z_ptr,
+                                    cols, end, D, ignore, inv_t, IS_SELF, NORMALIZE, BLOCK_D)
         _take_set(s, 4294967295 - key, valid & (same == 0), col_offset + cols, rows, row_ok, st,
                   ranks_ptr, out_idx_ptr, out_s_ptr, 0, K_ALL, SEMI, BLOCK_M)
         _take_set(s, key, valid & same, col_offset + cols, rows, row_ok, st + 8, ranks_ptr,
