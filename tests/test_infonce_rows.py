@@ -80,13 +80,74 @@ def test_schedules_match_oracle(schedule, mode, dtype):
     check(case, schedule, rtol=1e-10 if dtype == torch.float64 else 2e-5)
 
 
+# The negatives pass has two paths (csrc/common/infonce_rows.h, rows::fixed_shift): the fixed
+# shift 1/τ (normalised, τ >= 0.03: one sweep of S, no rescale) and the running max (the rest).
+PATHS = {
+    "fixed τ=0.1": dict(normalize=True, temperature=0.1),
+    "fixed τ=0.03": dict(normalize=True, temperature=0.03),
+    "general τ=0.02": dict(normalize=True, temperature=0.02),
+    "general unnormalised": dict(normalize=False, temperature=0.5, scale=0.5),
+}
+
+
+@pytest.mark.parametrize("schedule", ["device", "host"])
+@pytest.mark.parametrize("mode", ["self", "bank+anchors", "bank-grad"])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_fixed_shift_and_general_paths_match_oracle(schedule, mode, path):
+    """Forward terms, anchor gradient and the column backward (whose weights use the forward's
+    λ, from either path) against the float64 oracle; fp32 errors scale with 1/τ."""
+    case = make_case(mode, n=41, m=97, d=12, sort_bank=False, **PATHS[path])
+    check(case, schedule, rtol=2e-5 * max(1.0, 0.1 / case.temperature))
+
+
+def _far_below_shift_case(name):
+    """Rows whose negatives all sit at or near s = -1/τ, where the fixed shift 1/τ makes
+    every weight e^{s - 1/τ} ≈ e^{-2/τ}: it must not underflow to l = 0 (λ = -inf)."""
+    d = 6
+    v = torch.nn.functional.normalize(torch.randn(d, dtype=torch.float64), dim=0)
+    near = [-v + 0.02 * torch.randn(d, dtype=torch.float64) for _ in range(3)]
+    r = torch.randn(d, dtype=torch.float64)
+    anchors, labels, columns, column_labels, self_contrast = {
+        # one negative, anti-parallel: λ = -1/τ exactly
+        "single negative": ([v], [0], [v, -2 * v, r], [0, 1, IGNORE], False),
+        # an anti-parallel positive among negatives near -1/τ: loss ≈ log 4, gradient O(1)
+        "all negatives near -1/τ": ([v], [0], [-v, *near, r], [0, 1, 1, 2, IGNORE], False),
+        # no negative left (the others ignored or of the row's class): λ = -inf, loss 0
+        "negatives all ignored": ([v, v], [0, IGNORE], [v, -v], [0, IGNORE], False),
+        # self-contrast: rows 1, 2 have one negative (row 0) at -1/τ; row 0 two, no positive
+        "self-contrast": ([v, -v, -3 * v], [0, 1, 1], [], [], True),
+    }[name]
+    a = torch.stack(anchors).float()
+    c = torch.stack(columns).float() if columns else a.new_empty(0, d)
+    return a, torch.tensor(labels), c, torch.tensor(column_labels, dtype=torch.long), \
+        self_contrast
+
+
+@pytest.mark.parametrize("schedule", ["device", "host"])
+@pytest.mark.parametrize("temperature", [0.1, 0.03, 0.025, 0.01])
+@pytest.mark.parametrize("name", ["single negative", "all negatives near -1/τ",
+                                  "negatives all ignored", "self-contrast"])
+def test_negatives_far_below_the_shift(schedule, temperature, name):
+    """λ ≈ -1/τ (or -inf with no negative) against the oracle, on both sides of the fast
+    path's bound τ = 0.03 and at τ = 0.01, where e^{-2/τ} would underflow fp32."""
+    a, y, c, z, self_contrast = _far_below_shift_case(name)
+    inv_t = 1.0 / temperature
+    w = torch.randn(a.shape[0], dtype=torch.float64)
+    ours = fused(schedule, a, y, c, z, self_contrast, inv_t, True, w.float())
+    ref = oracle(a, y, c, z, self_contrast, inv_t, True, w)
+    assert_row_terms_close(ours, ref, rtol=2e-5 * max(1.0, 0.1 / temperature))
+
+
 @pytest.mark.parametrize("mode", ["self", "bank+anchors"])
-def test_device_schedule_over_several_chunks(mode):
+@pytest.mark.parametrize("temperature", [0.1, 0.02])
+def test_device_schedule_over_several_chunks(mode, temperature):
     """A chunk is ≤ 8 MB of fp32 logits: 1100 rows make ~1900-column chunks, so 5000
     contrast rows (and 1100 anchor columns) span several, and row blocks see partial
-    classes in each."""
-    case = make_case(mode, n=1100, m=5000, d=8, classes=7, sort_bank=False)
-    check(case, "device", rtol=3e-5)
+    classes in each: l accumulates across chunks with the fixed shift (τ = 0.1), and with the
+    running max (τ = 0.02) l and U are rescaled whenever a later chunk raises a row's max."""
+    case = make_case(mode, n=1100, m=5000, d=8, classes=7, sort_bank=False,
+                     temperature=temperature)
+    check(case, "device", rtol=3e-5 * max(1.0, 0.1 / temperature))
 
 
 @pytest.mark.parametrize("mode", ["self", "bank-grad"])

@@ -43,8 +43,8 @@ struct RowChunk {
   bool supcon;
 };
 
-// Negatives (SupCon: every valid column but the row itself): the masked max, then
-// p = e^{s − m_new}·scale and its sum; m, l updated and the row's U (d values, or null)
+// Negatives, general path (SupCon: every valid column but the row itself): the masked max,
+// then p = e^{s − m_new}·scale and its sum; m, l updated and the row's U (d values, or null)
 // rescaled by α. m is read by every member before the second reduction and written after it.
 template <typename T, typename P, class Group>
 PIXCONTRAST_HD void negatives_pass(const Group& g, const RowChunk<T, P>& r, T scale, T* m, T* l, T* u,
@@ -71,6 +71,22 @@ PIXCONTRAST_HD void negatives_pass(const Group& g, const RowChunk<T, P>& r, T sc
     *m = m_new;
     *l = alpha * *l + sum;
   }
+}
+
+// The fast path's negatives (rows::fixed_shift): one read of S with the fixed shift
+// m = 1/τ: p = e^{s − 1/τ}·scale, l += Σ e^{s − 1/τ}; no max, nothing rescaled (the caller
+// starts m at 1/τ, so rows::lse_of gives λ = 1/τ + log l).
+template <typename T, typename P, class Group>
+PIXCONTRAST_HD void negatives_pass_fixed(const Group& g, const RowChunk<T, P>& r, T scale, T* l) {
+  T sum = 0;
+  for (int64_t j = g.rank(); j < r.count; j += g.size()) {
+    const T w = fixed_shift_weight(r.s[j], r.inv_t, r.inv_t, r.z[j], r.y, r.ignore,
+                                   j == r.self_col, r.supcon);
+    sum += w;
+    r.p[j] = Cast<P>::to(w * scale);
+  }
+  sum = g.sum(sum);
+  if (g.rank() == 0) *l += sum;
 }
 
 // Positives: adds Σ softplus(λ − s), Σ σ(λ − s) and |P| to loss, sig, count; p = σ·scale for

@@ -215,6 +215,17 @@ PIXCONTRAST_HD T negative_logit(T dot, T inv_t, int64_t z, int64_t y, int64_t ig
   return in_denominator(z, y, ignore, self_pair, supcon) ? logit(dot, inv_t) : -infinity<T>();
 }
 
+// The fast path's weight (fixed_shift below): e^{s − shift} for a column in the
+// denominator, 0 elsewhere. Evaluated for every column and masked through the bits: with a
+// float select in front of the exponential (negative_logit's −inf), GCC keeps a branch and
+// the host loop is not vectorised with AVX2.
+template <typename T>
+PIXCONTRAST_HD T fixed_shift_weight(T dot, T inv_t, T shift, int64_t z, int64_t y,
+                                    int64_t ignore, bool self_pair, bool supcon) {
+  return keep_if(in_denominator(z, y, ignore, self_pair, supcon),
+                 exp_acc(logit(dot, inv_t) - shift));
+}
+
 // Step 2, per row: the running max after the chunk.
 template <typename T>
 PIXCONTRAST_HD T new_max(T m_old, T chunk_max) {
@@ -236,10 +247,37 @@ PIXCONTRAST_HD T rescale_factor(T m_old, T m_new) {
   return m_new == -infinity<T>() ? T(1) : exp_acc(m_old - m_new);
 }
 
-// λ = m + log l (−∞ without a negative).
+// λ = m + log l (−∞ without a negative: l = 0, whichever shift m the row used).
 template <typename T>
 PIXCONTRAST_HD T lse_of(T m, T l) {
-  return m == -infinity<T>() ? -infinity<T>() : m + log_acc(l);
+  return l > T(0) ? m + log_acc(l) : -infinity<T>();
+}
+
+// The fixed-shift fast path (docs/design.md §1.4). With normalised rows |s| ≤ 1/τ (up to the
+// operands' rounding: a bf16 row's norm is within 2⁻⁸ of 1), so the shift m = 1/τ, the same
+// for every row and known before any logit, bounds every weight e^{s−m} by ≈ 1: the
+// negatives pass reads S once, writes p = e^{s − 1/τ} and sums it, with no max reduction and
+// no α rescale of l or U; λ = 1/τ + log l. Natural units, not base 2: every pass then builds
+// s with the same rows::logit, so the column backward's e^{s−λ} comes from the very logits λ
+// did, and the host's exp_acc serves unchanged (folding log2(e) in would merge the −1/τ and
+// the ×log2(e) into one FFMA: 1–2 of the ≈ 19 device instructions per column of the pass,
+// docs/notes/infonce-cuda.md v2.1).
+//
+// The limit is underflow. The smallest weight, of s = −1/τ (a negative pointing away from
+// the anchor), is e^{−2/τ}; it must stay a normal fp32, or a row whose negatives all sit
+// near −1/τ gets l = 0 and λ = −∞ instead of ≈ −1/τ. The device's ex2.approx.ftz flushes
+// below 2⁻¹²⁶ = e^{−87.3} (τ < 0.0229), the host's exp_acc returns 0 below −86.6
+// (τ < 0.0231). τ ≥ 0.03 keeps e^{−2/τ} ≥ e^{−66.7} ≈ 2⁻⁹⁶: 30 binary orders above the floor
+// for the products p·ĉ_d of the second GEMM and for bf16 weights (fp32's exponent range).
+// fp16 weights (normals from 2⁻¹⁴, stored ×2¹⁵) cannot hold e^{−66.7}: they keep the running
+// max, whose largest weight is 1. The bound is the Triton backend's _FAST_MIN_TEMPERATURE
+// (kernels/infonce.py), and the test `inv_t <= 1/0.03` is the same double expression.
+constexpr double kFastMinTemperature = 0.03;
+
+// Whether a call takes the fast path: normalised rows, τ ≥ kFastMinTemperature, weights
+// stored in a type with fp32's exponent range (`narrow_weights`: fp16).
+PIXCONTRAST_HD bool fixed_shift(bool normalize, double inv_t, bool narrow_weights) {
+  return normalize && !narrow_weights && inv_t <= 1.0 / kFastMinTemperature;
 }
 
 // ---------------------------------------------------------------------------------------

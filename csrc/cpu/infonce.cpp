@@ -9,7 +9,9 @@
 //
 //   infonce_forward           a chunked pass over the columns for the negatives (online
 //                             log-sum-exp and, flash-attention style, the softmax-weighted
-//                             sum U of the negatives for the anchor gradient), then a pass
+//                             sum U of the negatives for the anchor gradient; normalised with
+//                             τ ≥ 0.03, the fixed shift 1/τ instead of the running max: one
+//                             sweep of each chunk, nothing rescaled), then a pass
 //                             over the same-class (row block, column block) pairs only for
 //                             the positives, which need the final lse.
 //   infonce_backward_columns  one recompute pass over the columns: S chunk, G chunk, Gᵀ·Â.
@@ -103,6 +105,33 @@ PIXCONTRAST_INLINE T negatives_row_impl(T* s, const int64_t* z, int64_t t, int64
   return alpha;
 }
 
+// The fast path's negatives of one row over one chunk (rows::fixed_shift): one sweep with
+// the fixed shift 1/τ, p_j = e^{s_j − 1/τ} for the row's negatives (0 elsewhere) and
+// l += Σ p; nothing to rescale.
+template <bool kSupcon, typename T>
+PIXCONTRAST_INLINE void negatives_fixed_row_impl(T* s, const int64_t* z, int64_t t, int64_t y,
+                                                 int64_t ignore, T inv_t, int64_t self_col,
+                                                 T* l) {
+  T sum[kLanes] = {};
+  T total = 0;
+  int64_t j = 0;
+  for (; j + kLanes <= t; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) {
+      const T p = rows::fixed_shift_weight(s[j + k], inv_t, inv_t, z[j + k], y, ignore,
+                                           j + k == self_col, kSupcon);
+      s[j + k] = p;
+      sum[k] += p;
+    }
+  for (; j < t; ++j) {
+    const T p =
+        rows::fixed_shift_weight(s[j], inv_t, inv_t, z[j], y, ignore, j == self_col, kSupcon);
+    s[j] = p;
+    total += p;
+  }
+  for (int k = 0; k < kLanes; ++k) total += sum[k];
+  *l += total;
+}
+
 // Positives of one row over one chunk: adds Σ softplus(lse − s), Σ σ(lse − s) and |P| over
 // its positives (column `self_col` is the row itself, −1 if none) and leaves σ (0 for the
 // other columns) in s for V += σ·Ĉ. kSupcon: Σ (lse − s), |P| and weight 1
@@ -169,6 +198,22 @@ double negatives_row(double* s, const int64_t* z, int64_t t, int64_t y, int64_t 
                      double inv_t, int64_t self_col, bool supcon, double* m, double* l) {
   return supcon ? negatives_row_impl<true>(s, z, t, y, ignore, inv_t, self_col, m, l)
                 : negatives_row_impl<false>(s, z, t, y, ignore, inv_t, self_col, m, l);
+}
+
+PIXCONTRAST_CLONES void negatives_fixed_row(float* s, const int64_t* z, int64_t t, int64_t y,
+                                            int64_t ignore, float inv_t, int64_t self_col,
+                                            bool supcon, float* l) {
+  if (supcon)
+    negatives_fixed_row_impl<true>(s, z, t, y, ignore, inv_t, self_col, l);
+  else
+    negatives_fixed_row_impl<false>(s, z, t, y, ignore, inv_t, self_col, l);
+}
+void negatives_fixed_row(double* s, const int64_t* z, int64_t t, int64_t y, int64_t ignore,
+                         double inv_t, int64_t self_col, bool supcon, double* l) {
+  if (supcon)
+    negatives_fixed_row_impl<true>(s, z, t, y, ignore, inv_t, self_col, l);
+  else
+    negatives_fixed_row_impl<false>(s, z, t, y, ignore, inv_t, self_col, l);
 }
 
 PIXCONTRAST_CLONES void positives_row(float* s, const int64_t* z, int64_t t, int64_t y,
@@ -331,6 +376,7 @@ struct ForwardPolicy {
   int64_t ignore;
   at::TensorOptions opts;
   int64_t D = 0;
+  bool fixed = false;  // the fixed-shift fast path (rows::fixed_shift): m = 1/τ throughout
   std::vector<int64_t> row_ids, ys;  // caller's row index and label per visited row
   std::vector<int64_t> col_ids, zs;  // contrast columns visited (empty ids: all, in order)
   const int64_t* z_all = nullptr;
@@ -381,9 +427,18 @@ struct ForwardPolicy {
     acc_t* up = need_grad_ ? U_.data_ptr<acc_t>() : nullptr;
     at::parallel_for(0, S.size(0), row_grain(t), [&](int64_t b, int64_t e) {
       for (int64_t k = b; k < e; ++k) {
-        if (!host_schedule) {  // the GPU kernel's body, one thread per row
-          rows::negatives_pass(rows::SerialGroup{}, row_chunk(sp, c, k, t), acc_t(1), &m[k],
-                               &l[k], up ? up + k * D : nullptr, D);
+        if (!host_schedule) {  // the GPU kernels' bodies, one thread per row
+          if (fixed)
+            rows::negatives_pass_fixed(rows::SerialGroup{}, row_chunk(sp, c, k, t), acc_t(1),
+                                       &l[k]);
+          else
+            rows::negatives_pass(rows::SerialGroup{}, row_chunk(sp, c, k, t), acc_t(1), &m[k],
+                                 &l[k], up ? up + k * D : nullptr, D);
+          continue;
+        }
+        if (fixed) {
+          negatives_fixed_row(sp + k * t, c.z, t, ys[k], ignore, inv_t, self_column(c, k, t),
+                              supcon, &l[k]);
           continue;
         }
         const acc_t alpha = negatives_row(sp + k * t, c.z, t, ys[k], ignore, inv_t,
@@ -563,7 +618,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_i
   pol.T = tile_width(nv, D, sizeof(acc_t), (self_contrast ? nv : 0) + nc);
   pol.s_buf = at::empty({nv * pol.T}, opts);
   pol.c_buf = at::empty({pol.T * D}, opts);
-  pol.m.assign(nv, -kInf<acc_t>);
+  // The weights are acc_t here (16-bit inputs are converted on load): any dtype qualifies.
+  pol.fixed = rows::fixed_shift(normalize, inv_temperature, false);
+  pol.m.assign(nv, pol.fixed ? pol.inv_t : -kInf<acc_t>);  // the fast path's shift, fixed
   pol.l.assign(nv, acc_t(0));
   pol.lse.assign(nv, -kInf<acc_t>);
   pol.loss.assign(nv, 0.0);

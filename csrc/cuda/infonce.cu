@@ -155,6 +155,15 @@ __global__ void __launch_bounds__(kRowThreads) negatives_kernel(InfonceChunk c, 
                     U != nullptr ? U + row * d : nullptr, d);
 }
 
+// The fast path (fp32 and bf16 weights: weight_scale 1).
+template <typename P, bool kSupcon>
+__global__ void __launch_bounds__(kRowThreads) negatives_fixed_kernel(InfonceChunk c, float* l) {
+  __shared__ float scratch[kWarps];
+  CtaGroup g{scratch};
+  const int64_t row = blockIdx.x;
+  r::negatives_pass_fixed(g, row_chunk<P, kSupcon>(c, row), 1.f, l + row);
+}
+
 __global__ void lse_kernel(const float* m, const float* l, float* lse, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) lse[i] = r::lse_of(m[i], l[i]);
@@ -270,6 +279,20 @@ cudaError_t infonce_negatives(const InfonceChunk& chunk, float* m, float* l, flo
         chunk, m, l, U, d, weight_scale(chunk.kind));
     return cudaGetLastError();
   });
+}
+
+cudaError_t infonce_negatives_fixed(const InfonceChunk& chunk, float* l, cudaStream_t stream) {
+  if (chunk.rows <= 0 || chunk.count <= 0) return cudaSuccess;
+  if (chunk.rows > kMaxGridX) return cudaErrorInvalidConfiguration;
+  // fp16 weights cannot hold e^{s − 1/τ} (rows::fixed_shift): no fp16 instantiation.
+  if (chunk.kind == ScalarKind::kFloat16) return cudaErrorInvalidValue;
+  auto launch = [&](auto t) {
+    using T = decltype(t);
+    auto* kernel = chunk.supcon ? negatives_fixed_kernel<T, true> : negatives_fixed_kernel<T, false>;
+    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(chunk, l);
+    return cudaGetLastError();
+  };
+  return chunk.kind == ScalarKind::kBFloat16 ? launch(__nv_bfloat16{}) : launch(float{});
 }
 
 cudaError_t infonce_lse(const float* m, const float* l, float* lse, int64_t n,

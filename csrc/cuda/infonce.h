@@ -63,10 +63,17 @@ struct InfonceChunk {
                              // run the kernels' supcon instantiation
 };
 
-// Negatives (supcon: every valid column but the row itself): online max m, sum l (fp32
-// [rows]); P = e^{s−m_new}·weight_scale for negatives, 0 elsewhere; U [rows, d] (fp32, or null) rescaled by α = e^{m_old − m_new}.
+// Negatives, general path (supcon: every valid column but the row itself): online max m,
+// sum l (fp32 [rows]); P = e^{s−m_new}·weight_scale for negatives, 0 elsewhere; U [rows, d]
+// (fp32, or null) rescaled by α = e^{m_old − m_new}.
 cudaError_t infonce_negatives(const InfonceChunk& chunk, float* m, float* l, float* U,
                               int64_t d, cudaStream_t stream);
+
+// The fast path's negatives (rows::fixed_shift: normalised rows, τ ≥ 0.03, fp32 or bf16
+// weights; cudaErrorInvalidValue for fp16): l += Σ e^{s − 1/τ} and P = e^{s − 1/τ} (0
+// elsewhere) in one read of S; nothing to rescale, so no m and no U. The caller starts m at
+// 1/τ for infonce_lse.
+cudaError_t infonce_negatives_fixed(const InfonceChunk& chunk, float* l, cudaStream_t stream);
 
 // λ = m + log l per row (−inf without a negative), fp32 [n].
 cudaError_t infonce_lse(const float* m, const float* l, float* lse, int64_t n,

@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "common/chunk_loop.h"
+#include "common/infonce_rows.h"
 #include "cuda/binding.h"
 #include "cuda/infonce.h"
 
@@ -229,6 +231,7 @@ struct Common {
 struct ForwardPolicy : Common {
   using Common::Common;
   bool need_grad_ = false;
+  bool fixed_ = false;  // the fixed-shift fast path (rows::fixed_shift): m = 1/τ throughout
   Tensor m, l, lse, loss, sig, cnt, U_, V_;
   Tensor row_loss, lse_out, pos_sig, num_pos, row_grad;
 
@@ -238,6 +241,12 @@ struct ForwardPolicy : Common {
 
   Tensor negatives(const Tensor& S, const Chunk& c) {
     Tensor P = weights_for(S);
+    if (fixed_) {
+      PIXCONTRAST_CHECK_LAUNCH(
+          infonce_negatives_fixed(chunk_args(S, P, c, 0), l.data_ptr<float>(), stream),
+          "infonce_negatives_fixed");
+      return P;
+    }
     PIXCONTRAST_CHECK_LAUNCH(
         infonce_negatives(chunk_args(S, P, c, 0), m.data_ptr<float>(), l.data_ptr<float>(),
                           need_grad_ ? U_.data_ptr<float>() : nullptr, d, stream),
@@ -245,14 +254,21 @@ struct ForwardPolicy : Common {
     return P;
   }
 
-  // acc += P·Ĉ. The product goes through a temporary: ATen's dtype-changing addmm is not
-  // documented to accept out aliasing self.
+  // acc += P·Ĉ, one cuBLAS GEMM with β = 1 into the fp32 accumulator: addmm_ for fp32
+  // operands, the fp32-output overload (aten::addmm.dtype_out, out = self) for 16-bit ones.
+  // That overload takes an fp32 `self` from torch 2.10 on (pytorch PR 167931; out = self
+  // is then what addmm_ does: the copy of self into out is skipped); older torch goes
+  // through a temporary and an add_, one launch more per chunk.
   void accumulate(Tensor& acc, const Tensor& P, const Chunk& c) {
     const MatmulMode mode(allow_tf32);
     if (kind == ScalarKind::kFloat32) {
       acc.addmm_(P, c.op);
     } else {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 10)
+      at::addmm_out(acc, acc, P, c.op, at::kFloat);
+#else
       acc.add_(at::mm(P, c.op, at::kFloat));
+#endif
     }
   }
 
@@ -356,8 +372,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> infonce_forward_cuda(
   ForwardPolicy pol(anchors, labels, contrast, contrast_labels, self_contrast, normalize,
                     allow_tf32, inv_temperature, ignore_index, supcon);
   pol.need_grad_ = need_grad;
+  pol.fixed_ = rows::fixed_shift(normalize, inv_temperature, anchors.scalar_type() == at::kHalf);
   pol.setup(std::max(self_contrast ? n : 0, m));
-  pol.m = at::full({n}, -INFINITY, f32);
+  // The running max starts at −inf; the fast path's shift is 1/τ from the start and stays.
+  pol.m = at::full({n}, pol.fixed_ ? pol.inv_t : -INFINITY, f32);
   pol.l = at::zeros({n}, f32);
   pol.lse = at::empty({n}, f32);
   pol.loss = at::zeros({n}, f32);
