@@ -16,8 +16,11 @@ ignore_index, normalize, need_grad)`` -> ``(row_loss, lse, pos_sig, num_pos, row
 
 With ``supcon=True`` both compute SupCon's L_out on the same passes (docs/design.md §1.5):
 the negatives pass sums over every valid column but the row's own, the positives pass adds
-``lse - s`` with weight 1 (so ``pos_sig = num_pos``) and the column pass gives every valid
-column the softmax term and the positives ``-row_coef`` on top.
+``lse - s`` and counts 1 per positive (so ``pos_sig = num_pos``) with V weight 1, and the
+column pass gives every valid column the softmax term and the positives ``-row_coef`` on
+top. On the fast path with rounded tensor-core weights (16-bit or TF32 dots), U leaves the
+positives out and V weights them ``1 - |P|·e^{s - lse}`` (as ``e^{s - m}/l``): each
+positive's whole row-gradient weight is rounded once (``POSITIVES_IN_V``).
 
 ``infonce_backward_columns(..., lse, pos_sig, row_coef)`` -> ``(grad_contrast [M, D],
 grad_anchor_columns [N, D] or [0, D])`` float32: the gradient of ``Σ_i row_coef_i·|P(i)|·
@@ -59,8 +62,11 @@ How the work is laid out (notes and compiled-kernel figures: docs/notes/infonce-
 * ``_finalize_kernel``, grid ``(row blocks, D chunks)``: merges the partials, writes the
   per-row outputs and the row gradient in the caller's row order; ``_normalize_rows_kernel``
   backprops the anchor normalisation in place.
-* ``_columns_backward_kernel``, one program per column tile: recomputes the logits against
-  every anchor row block, ``acc += Gᵀ·Â``, then the column normalisation backprop. Same
+* ``_columns_backward_kernel``, grid (column tiles, row-block groups): recomputes the logits
+  against the anchor row blocks of its group and accumulates ``Gᵀ·Â``; with one group it
+  backprops the column normalisation and writes the gradient, with several (few column
+  tiles: self-contrast) each writes an fp32 partial that ``_merge_columns_kernel`` sums in
+  group order before the normalisation backprop (``_plan_row_groups``). Same
   ``_logits`` helper, same operand values (the prep buffers are recomputed bit-identically),
   same tile shapes as the negatives pass, so the recomputed logits are bit-identical to
   those lse was built from (this matters unnormalised, where one ulp of ``s`` is a visible
@@ -392,9 +398,11 @@ def _negatives_kernel(
     INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     SUPCON: tl.constexpr = False, EXCLUDE_SELF: tl.constexpr = False,
+    POSITIVES_IN_V: tl.constexpr = False,
 ):
     # SUPCON: the sum runs over every valid column (positives included) but the row's own
-    # (EXCLUDE_SELF: the self segment, columns in the caller's order).
+    # (EXCLUDE_SELF: the self segment, columns in the caller's order). POSITIVES_IN_V
+    # (SupCon with weights rounded for the tensor cores): U leaves the positives out.
     pid_s = tl.program_id(1).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -464,6 +472,13 @@ def _negatives_kernel(
             p = tl.exp2((s - m_safe[:, None]) * 1.4426950408889634)
         l += tl.sum(p, axis=1)
         if NEED_GRAD:
+            if POSITIVES_IN_V:
+                # U over the negatives only: the positives' softmax term goes into V with
+                # their -1 (the positives pass), so each positive's weight is rounded for
+                # the tensor cores once, as (|P|·softmax - 1), not as two nearly equal
+                # terms rounded apart (docs/notes/infonce-triton.md: up to 79x the bf16
+                # rounding of the result).
+                p = tl.where(y[:, None] != z[None, :], p, 0.0)
             u = _scaled_dot(p * col_scale[None, :], c, u, RESCALE, ROUND_BF16, INPUT_PRECISION)
 
     slot = slot_offset + pid_s
@@ -496,13 +511,19 @@ def _merged_lse(m_ws_ptr, l_ws_ptr, rows, row_mask, N, num_slots, FAST: tl.const
 
 
 @triton.jit
-def _lse_kernel(m_ws_ptr, l_ws_ptr, lse_ptr, N, num_slots, FAST: tl.constexpr,
-                BLOCK: tl.constexpr):
-    """lse (logit units, sorted order) for the positives pass."""
+def _lse_kernel(m_ws_ptr, l_ws_ptr, lse_ptr, ml_ptr, N, num_slots, FAST: tl.constexpr,
+                STORE_ML: tl.constexpr, BLOCK: tl.constexpr):
+    """lse (logit units, sorted order) for the positives pass; STORE_ML: also the merged
+    shift m and sum l (``ml[0, r]``, ``ml[1, r]``), so that e^{s - lse} = e^{s - m}/l is
+    formed without lse's rounding (|lse| ~ 50 unnormalised: 4e-6 of it)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     row_mask = rows < N
-    _, _, lse = _merged_lse(m_ws_ptr, l_ws_ptr, rows, row_mask, N, num_slots, FAST, BLOCK)
+    m_safe, l, lse = _merged_lse(m_ws_ptr, l_ws_ptr, rows, row_mask, N, num_slots, FAST,
+                                 BLOCK)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
+    if STORE_ML:
+        tl.store(ml_ptr + rows, m_safe, mask=row_mask)
+        tl.store(ml_ptr + N + rows, l, mask=row_mask)
 
 
 @triton.jit
@@ -513,17 +534,22 @@ def _positives_kernel(
     col_idx_ptr, col_scale_ptr,              # key-sorted position -> column; per column
     item_owner_ptr, item_chunk_ptr, item_base_ptr, bounds_ptr, tiles_per_item_ptr,
     block_end_ptr, col_begin_ptr, col_end_ptr,   # per sorted row (class row block starts)
+    npos_ptr, ml_ptr,                        # sorted order: |P|, [2, N] merged (m, l);
+    #                                          read with POSITIVES_IN_V only
     loss_ws_ptr, sig_ws_ptr, v_ws_ptr,       # [P], [P], [P, D]: one row per (item, row)
     N, D, seg_index,
     FAST: tl.constexpr, NEED_GRAD: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
     UPCAST: tl.constexpr, RESCALE: tl.constexpr, ROUND_BF16: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, GPU_MATH: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    SUPCON: tl.constexpr = False,
+    SUPCON: tl.constexpr = False, POSITIVES_IN_V: tl.constexpr = False,
 ):
     # Persistent over this segment's items [bounds[seg], bounds[seg + 1]): every pair of an
     # item is a positive (same key by construction) except padding and the self pair.
-    # SUPCON: loss terms L - s (L = lse, finite on a row with a positive) and weights 1.
+    # SUPCON: loss terms L - s (L = lse, finite on a row with a positive), pos_sig terms 1
+    # and V weights 1; POSITIVES_IN_V: 1 - |P|·e^{s - L}, the positive's whole row gradient,
+    # its softmax part included (the negatives pass leaves positives out of U), with
+    # e^{s - L} = e^{s - m}/l (l > 0 on a row with a positive: the positives are in it).
     offs_d = tl.arange(0, BLOCK_D)
     item_begin = tl.load(bounds_ptr + seg_index)
     item_end = tl.load(bounds_ptr + seg_index + 1)
@@ -538,6 +564,10 @@ def _positives_kernel(
         a = _load_tile(a_ptr, src, row_mask, stride_a_n, stride_a_d, offs_d, D, UPCAST)
         row_scale = tl.load(row_scale_ptr + rows, mask=row_mask, other=0.0)
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+        if POSITIVES_IN_V:
+            m_row = tl.load(ml_ptr + rows, mask=row_mask, other=0.0)
+            npos_l = tl.load(npos_ptr + rows, mask=row_mask, other=0.0) / tl.load(
+                ml_ptr + N + rows, mask=row_mask, other=1.0)
         p_begin = tl.load(col_begin_ptr + r0) + chunk * tiles_per_item * BLOCK_M
         p_end = tl.minimum(p_begin + tiles_per_item * BLOCK_M, tl.load(col_end_ptr + r0))
         loss = tl.zeros([BLOCK_N], tl.float32)
@@ -561,12 +591,18 @@ def _positives_kernel(
                 pair = x2 > float("-inf")
                 softplus = tl.where(pair, x2 * 0.6931471805599453, 0.0)
                 sigmoid = tl.where(pair, 1.0, 0.0)
+                if POSITIVES_IN_V:
+                    e = tl.exp2((s - m_row[:, None]) * _exp_units(FAST))
+                    weight = tl.where(pair, 1.0 - npos_l[:, None] * e, 0.0)
+                else:
+                    weight = sigmoid
             else:
                 softplus, sigmoid = _softplus_sigmoid(x2, GPU_MATH)
+                weight = sigmoid
             loss += tl.sum(softplus, axis=1)
             sig_sum += tl.sum(sigmoid, axis=1)
             if NEED_GRAD:
-                v = _scaled_dot(sigmoid * col_scale[None, :], c, v, RESCALE, ROUND_BF16,
+                v = _scaled_dot(weight * col_scale[None, :], c, v, RESCALE, ROUND_BF16,
                                 INPUT_PRECISION)
         out = base + tl.arange(0, BLOCK_N)
         tl.store(loss_ws_ptr + out, loss, mask=row_mask)
@@ -635,6 +671,7 @@ def _finalize_kernel(
                          mask=row_mask[:, None] & d_mask[None, :], other=0.0) * alpha[:, None]
         # gh = (τ⁻¹/|P|) [pos_sig · Σ_neg softmax·ĉ − Σ_p σ_p ĉ_p]. It is 0 without positives
         # (pos_sig = 0, v = 0), without negatives (u = 0, σ(-inf) = 0) and on ignored rows.
+        # SupCon: pos_sig = |P|, softmax over every column, σ_p = 1 - |P|·softmax_p.
         softmax_u = u / tl.where(l > 0.0, l, 1.0)[:, None]
         gh = (sig_sum[:, None] * softmax_u - v) * (inv_temperature * inv_npos)[:, None]
         gh = tl.where(valid[:, None], gh, 0.0)
@@ -680,19 +717,22 @@ def _columns_backward_kernel(
     perm_ptr, row_key_ptr, row_scale_ptr,    # the forward's row order and scales
     c_ptr, stride_c_m, stride_c_d, col_key_ptr, col_scale_ptr,
     lse_ptr, pos_sig_ptr, coef_ptr,          # [N] fp32, contiguous, caller's row order
-    grad_ptr,                                # [M_seg, D] fp32, contiguous
-    N, M_seg, D,
+    grad_ptr,                                # [M_seg, D] fp32; SPLIT: [groups, M_seg, D]
+    N, M_seg, D, blocks_per_group,
     FAST: tl.constexpr, NORMALIZE: tl.constexpr, EXCLUDE_SELF: tl.constexpr,
     UPCAST: tl.constexpr, RESCALE: tl.constexpr, ROUND_BF16: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    SUPCON: tl.constexpr = False,
+    SUPCON: tl.constexpr = False, SPLIT: tl.constexpr = False,
 ):
-    # Row blocks and column tiles are exactly the negatives pass's (same permutation, same
-    # scale buffers, same block sizes, same column order), so every logits tile is
-    # recomputed from identical operands by the same _logits: bit-identical to the values
-    # lse was built from.
+    # Grid (column tiles, row-block groups): program (t, g) sums over the row blocks
+    # [g·blocks_per_group, (g + 1)·blocks_per_group). Row blocks and column tiles are
+    # exactly the negatives pass's (same permutation, same scale buffers, same block sizes,
+    # same column order), so every logits tile is recomputed from identical operands by the
+    # same _logits: bit-identical to the values lse was built from. SPLIT (several groups):
+    # the fp32 partial of group g goes to its own slice, _merge_columns_kernel sums them.
     pid = tl.program_id(0).to(tl.int64)
+    group = tl.program_id(1)
     cols = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     col_mask = cols < M_seg
     offs_d = tl.arange(0, BLOCK_D)
@@ -706,7 +746,8 @@ def _columns_backward_kernel(
         grad_units = 1.0
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for rb in range(0, tl.cdiv(N, BLOCK_N)):
+    rb_begin = group * blocks_per_group
+    for rb in range(rb_begin, tl.minimum(rb_begin + blocks_per_group, tl.cdiv(N, BLOCK_N))):
         rows = rb * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < N
         src = tl.load(perm_ptr + rows, mask=row_mask, other=0)
@@ -744,10 +785,34 @@ def _columns_backward_kernel(
                 w_t = tl.trans(_weights_for_dot(w, a, ROUND_BF16))
                 acc = tl.dot(w_t, a, acc, input_precision=INPUT_PRECISION)
 
+    if SPLIT:
+        out = grad_ptr + (group.to(tl.int64) * M_seg + cols)[:, None] * D + offs_d[None, :]
+    else:
+        if NORMALIZE:
+            acc = _normalize_backprop(acc, c, col_scale)
+        out = grad_ptr + cols[:, None] * D + offs_d[None, :]
+    tl.store(out, acc, mask=col_mask[:, None] & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _merge_columns_kernel(ws_ptr, num_groups, x_ptr, stride_0, stride_1, inv_ptr, grad_ptr,
+                          R, D, NORMALIZE: tl.constexpr, BLOCK_R: tl.constexpr,
+                          BLOCK_D: tl.constexpr):
+    """grad[r] <- Σ_g ws[g, r] (g in order: deterministic), then the normalisation backprop
+    through row x[r] (caller order; inv = 1/‖x_r‖ from the prep)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = row_mask[:, None] & (offs_d[None, :] < D)
+    g = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for k in range(0, num_groups):
+        g += tl.load(ws_ptr + (k * R + rows)[:, None] * D + offs_d[None, :], mask=mask,
+                     other=0.0)
     if NORMALIZE:
-        acc = _normalize_backprop(acc, c, col_scale)
-    tl.store(grad_ptr + cols[:, None] * D + offs_d[None, :], acc,
-             mask=col_mask[:, None] & (offs_d[None, :] < D))
+        x = tl.load(x_ptr + rows[:, None] * stride_0 + offs_d[None, :] * stride_1, mask=mask,
+                    other=0.0)
+        g = _normalize_backprop(g, x, tl.load(inv_ptr + rows, mask=row_mask, other=1.0))
+    tl.store(grad_ptr + rows[:, None] * D + offs_d[None, :], g, mask=mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -765,7 +830,7 @@ class _Config:
     pos_warps: int
     pos_per_sm: int   # resident positives programs per SM
     prep_n: int       # rows per program of the prep pass (a read of each segment)
-    fin_n: int        # rows per program of the small kernels (lse, finalise)
+    fin_n: int        # rows per program of the small kernels (lse, finalise, merges)
     fin_d: int        # D chunk per program of the finalise
 
 
@@ -899,6 +964,26 @@ def _plan_splits(segments: list[_Segment], n: int, d: int, need_grad: bool,
                                            slot_offset=offset))
         offset += splits
     return planned, offset
+
+
+def _plan_row_groups(tiles: int, num_cols: int, n: int, d: int, block_n: int,
+                     device: torch.device, row_groups: int | None) -> tuple[int, int]:
+    """``(groups, row blocks per group)`` of a column backward launch over ``tiles``
+    column tiles: each tile's sum over the anchor row blocks is split into contiguous
+    groups, one program each, so that tiles × groups ≈ the resident programs (one group
+    when the tiles already fill the machine: a bank). Several groups write fp32 partials
+    ``[groups, num_cols, D]``, capped at the negatives' 32 MB; ``row_groups`` (>= 1) is the
+    target instead. No group is empty."""
+    blocks = triton.cdiv(n, block_n)
+    if row_groups is None:
+        want = max(1, _programs(device) // tiles)
+        want = min(want, max(1, _WORKSPACE_BYTES // (4 * num_cols * d)))
+    else:
+        if row_groups < 1:
+            raise ValueError(f"row_groups must be >= 1, got {row_groups}")
+        want = row_groups
+    per = triton.cdiv(blocks, min(want, blocks))
+    return triton.cdiv(blocks, per), per
 
 
 def _check_inputs(anchors: Tensor, labels: Tensor, contrast: Tensor,
@@ -1125,30 +1210,39 @@ def infonce_forward(
     ws_loss, ws_sig = torch.empty((2, plan.workspace_rows), **f32).unbind(0)
     ws_u = torch.empty((slots, n, d) if need_grad else (0,), **f32)
     ws_v = torch.empty((plan.workspace_rows, d) if need_grad else (0,), **f32)
-    for seg in segments:
+    flags = [_dot_flags(anchors, seg.c, allow_tf32) for seg in segments]
+    # SupCon on the fast path whose U and V weights are rounded for the tensor cores (16-bit
+    # or TF32 dots): each positive's whole row-gradient weight goes into V, rounded once.
+    # Otherwise U keeps the positives, which measured more accurate there: with fp32-exact
+    # weights (3xTF32) U/l takes each p and l from the same logits, and on the general path
+    # a row's max column has p = 1 exactly (docs/notes/infonce-triton.md).
+    in_v = [supcon and prep.fast and f["INPUT_PRECISION"] == "tf32" for f in flags]
+    for seg, seg_flags, seg_in_v in zip(segments, flags, in_v):
         # Columns in the segment's own order (the self pair is never a negative, so no
         # permutation is needed here); the column backward walks these same tiles.
         _negatives_kernel[(row_blocks, seg.splits)](
             anchors, anchors.stride(0), anchors.stride(1), prep.perm, prep.row_key,
             prep.row_scale, seg.c, seg.c.stride(0), seg.c.stride(1), seg.keys, seg.scale,
             ws_m, ws_l, ws_u, n, seg.num, d, seg.tiles_per_split, seg.slot_offset, prep.shift,
-            FAST=prep.fast, NEED_GRAD=need_grad, **_dot_flags(anchors, seg.c, allow_tf32),
+            FAST=prep.fast, NEED_GRAD=need_grad, **seg_flags,
             BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d,
-            SUPCON=supcon, EXCLUDE_SELF=supcon and seg.is_self,
+            SUPCON=supcon, EXCLUDE_SELF=supcon and seg.is_self, POSITIVES_IN_V=seg_in_v,
             **_launch_options(cfg.num_warps, cfg.num_stages))
+    ws_ml = torch.empty((2, n) if any(in_v) else (0,), **f32)  # merged (m, l), sorted order
     _lse_kernel[(triton.cdiv(n, cfg.fin_n),)](
-        ws_m, ws_l, ws_lse, n, slots, FAST=prep.fast, BLOCK=cfg.fin_n, **_launch_options(4))
+        ws_m, ws_l, ws_lse, ws_ml, n, slots, FAST=prep.fast, STORE_ML=any(in_v),
+        BLOCK=cfg.fin_n, **_launch_options(4))
     for i, seg in enumerate(segments):
         _positives_kernel[(pos_programs,)](
             anchors, anchors.stride(0), anchors.stride(1), prep.perm, prep.row_scale, ws_lse,
             seg.c, seg.c.stride(0), seg.c.stride(1), plan.col_idx[i], seg.scale,
             plan.item_owner, plan.item_chunk, plan.item_base, plan.bounds, plan.tiles_per_item,
             plan.block_end, plan.col_begin.select(0, i), plan.col_end.select(0, i),
-            ws_loss, ws_sig, ws_v, n, d, i,
+            plan.num_pos, ws_ml, ws_loss, ws_sig, ws_v, n, d, i,
             FAST=prep.fast, NEED_GRAD=need_grad, EXCLUDE_SELF=seg.is_self,
-            GPU_MATH=not _interpreting(), **_dot_flags(anchors, seg.c, allow_tf32),
+            GPU_MATH=not _interpreting(), **flags[i],
             BLOCK_N=cfg.pos_block_n, BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, SUPCON=supcon,
-            **_launch_options(cfg.pos_warps, cfg.num_stages))
+            POSITIVES_IN_V=in_v[i], **_launch_options(cfg.pos_warps, cfg.num_stages))
 
     row_loss = torch.empty(n, **f32)
     lse = torch.empty(n, **f32)
@@ -1173,12 +1267,14 @@ def infonce_backward_columns(
     anchors: Tensor, labels: Tensor, contrast: Tensor, contrast_labels: Tensor,
     self_contrast: bool, inv_temperature: float, ignore_index: int, normalize: bool,
     lse: Tensor, pos_sig: Tensor, row_coef: Tensor, *, allow_tf32: bool = False,
-    supcon: bool = False,
+    supcon: bool = False, row_groups: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Column pass: ``(grad_contrast [M, D], grad_anchor_columns [N, D] or [0, D])``, float32.
 
     ``lse``/``pos_sig`` come from ``infonce_forward``; ``row_coef [N]`` is
-    ``(dL/d row_loss) / |P(i)|`` (0 for rows without positives).
+    ``(dL/d row_loss) / |P(i)|`` (0 for rows without positives). ``row_groups``
+    (testing/tuning) overrides the number of row-block groups each column tile is split
+    over (``_plan_row_groups``).
     """
     _check_inputs(anchors, labels, contrast, contrast_labels)
     n, d = anchors.shape
@@ -1200,12 +1296,22 @@ def infonce_backward_columns(
                          ignore_index, normalize, cfg)
     for seg in segments:
         grad = grad_self if seg.is_self else grad_contrast
-        _columns_backward_kernel[(triton.cdiv(seg.num, cfg.block_m),)](
+        tiles = triton.cdiv(seg.num, cfg.block_m)
+        groups, per_group = _plan_row_groups(tiles, seg.num, n, d, cfg.block_n, dev,
+                                             row_groups)
+        # Several groups: fp32 partials [groups, columns, D], then the merge into grad.
+        out = torch.empty((groups, seg.num, d), **f32) if groups > 1 else grad
+        _columns_backward_kernel[(tiles, groups)](
             anchors, anchors.stride(0), anchors.stride(1), prep.perm, prep.row_key,
             prep.row_scale, seg.c, seg.c.stride(0), seg.c.stride(1), seg.keys, seg.scale,
-            lse, pos_sig, row_coef, grad, n, seg.num, d,
+            lse, pos_sig, row_coef, out, n, seg.num, d, per_group,
             FAST=prep.fast, NORMALIZE=normalize, EXCLUDE_SELF=seg.is_self,
             **_dot_flags(anchors, seg.c, allow_tf32), BLOCK_N=cfg.block_n,
-            BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, SUPCON=supcon,
+            BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, SUPCON=supcon, SPLIT=groups > 1,
             **_launch_options(cfg.num_warps, cfg.num_stages))
+        if groups > 1:
+            _merge_columns_kernel[(triton.cdiv(seg.num, cfg.fin_n),)](
+                out, groups, seg.c, seg.c.stride(0), seg.c.stride(1), seg.scale, grad,
+                seg.num, d, NORMALIZE=normalize, BLOCK_R=cfg.fin_n, BLOCK_D=cfg.block_d,
+                **_launch_options(4))
     return grad_contrast, grad_self

@@ -193,6 +193,68 @@ def test_column_backward_matches_oracle_on_imbalanced_classes(device):
         assert err <= bound, f"{name}: {err:.3g} > {bound:.3g}"
 
 
+@pytest.mark.parametrize("row_groups", [2, 3, 50])
+@pytest.mark.parametrize("mode", ["self", "bank+anchors"])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("supcon", [False, True])
+def test_column_backward_over_row_groups_matches_oracle(row_groups, mode, normalize, supcon,
+                                                        device):
+    """Each column tile's sum over the anchor row blocks split over groups (fp32 partials,
+    merged in order with the normalisation backprop): 70 rows are 5 row blocks under the
+    interpreter, so 2, 3 and 50 give 2, 3 and 5 groups. Against the float64 oracle, the
+    same with one group, and deterministic."""
+    scale = 1.0 if normalize else 0.3
+    a, y, c, z = imbalanced_case(70, 90, 20, sort_bank=False, scale=scale,
+                                 self_only=mode == "self")
+    a64 = a.double().requires_grad_()
+    c64 = c.double().requires_grad_()
+    weights = torch.randn(70, dtype=torch.float64)
+    if supcon:
+        from pixcontrast.mining import mining_reference
+        row_loss = mining_reference(a64, y, c64 if c.shape[0] else None,
+                                    z if c.shape[0] else None, temperature=0.1,
+                                    base_temperature=0.1, ignore_index=IGNORE,
+                                    normalize=normalize, include_anchors=c.shape[0] > 0,
+                                    reduction="none", loss="supcon")
+    else:
+        row_loss = reference_row_terms(a64, y, c64, z, True, 10.0, IGNORE, normalize)[0]
+    ga, gc = torch.autograd.grad((weights * row_loss).sum(), (a64, c64), allow_unused=True)
+    gc = torch.zeros_like(c64) if gc is None else gc
+    args = on(device, a, y, c, z)
+    _, lse, sig, npos, row_grad = K.infonce_forward(*args, True, 10.0, IGNORE, normalize,
+                                                    True, supcon=supcon)
+    w = weights.float().to(device)
+    coef = torch.where(npos > 0, w / npos.clamp(min=1), 0.0)
+    grads = [K.infonce_backward_columns(*args, True, 10.0, IGNORE, normalize, lse, sig, coef,
+                                        supcon=supcon, row_groups=g)
+             for g in (row_groups, row_groups, 1)]
+    for x, x_again in zip(grads[0], grads[1]):
+        assert torch.equal(x, x_again)
+    gc_k, ga_cols = grads[0]
+    rtol = rtol_for(device, 20) * (1 if normalize else 10)
+    for name, x, r in (("anchors", w[:, None] * row_grad + ga_cols, ga), ("contrast", gc_k, gc),
+                       ("columns vs one group", ga_cols, grads[2][1].double().cpu())):
+        if r.numel() == 0:  # self mode: no contrast rows
+            continue
+        err = (x.double().cpu() - r).abs().max().item()
+        bound = 1e-6 + rtol * r.abs().max().item()
+        assert err <= bound, f"{name}: {err:.3g} > {bound:.3g}"
+
+
+def test_row_groups_plan():
+    """One group when the column tiles fill the machine, ~programs/tiles otherwise, never
+    an empty group, the fp32 partials within the workspace cap."""
+    dev = torch.device("cpu")
+    assert K._plan_row_groups(100, 1600, 1024, 256, 16, dev, None) == (1, 64)
+    assert K._plan_row_groups(1, 16, 64, 256, 16, dev, None) == (2, 2)
+    # partials of 2 groups would pass the 32 MB cap: one group
+    assert K._plan_row_groups(1, 20_000, 64, 256, 16, dev, None) == (1, 4)
+    assert K._plan_row_groups(3, 40, 80, 16, 16, dev, 4) == (3, 2)
+    assert K._plan_row_groups(3, 40, 80, 16, 16, dev, 9) == (5, 1)
+    with pytest.raises(ValueError, match="row_groups must be >= 1"):
+        K._plan_row_groups(3, 40, 80, 16, 16, dev, 0)
+
+
 @pytest.mark.parametrize("target", [1, 3, 17, 200])
 def test_positives_plan_stays_inside_its_bounds(target):
     """Every item's partial rows fit the host-sized workspace; the items of each class
