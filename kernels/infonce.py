@@ -68,9 +68,9 @@ How the work is laid out (notes and compiled-kernel figures: docs/notes/infonce-
   tiles: self-contrast) each writes an fp32 partial that ``_merge_columns_kernel`` sums in
   group order before the normalisation backprop (``_plan_row_groups``). Same
   ``_logits`` helper, same operand values (the prep buffers are recomputed bit-identically),
-  same tile shapes as the negatives pass, so the recomputed logits are bit-identical to
-  those lse was built from (this matters unnormalised, where one ulp of ``s`` is a visible
-  factor in e^{s - lse}).
+  same column tiles and per-warpgroup MMAs as the negatives pass (``_gpu_config``), so the
+  recomputed logits are bit-identical to those lse was built from (this matters
+  unnormalised, where one ulp of ``s`` is a visible factor in e^{s - lse}).
 
 No host synchronisation anywhere (no ``.item()``, ``.nonzero()``, data-dependent Python
 control flow; data-dependent counts are read by the kernels from device memory); empty
@@ -186,11 +186,11 @@ def _logits(a, c, row_scale, col_scale, INPUT_PRECISION: tl.constexpr):
     of either tile is made.
 
     The negatives pass and the column backward must get bit-identical logits (same helper,
-    same scale buffers, same tile shapes): with unnormalised inputs the logits reach
-    ~1e5-1e9, where one ulp is >= 1/128, and the backward's e^{s - lse} is only right if
-    s_max - lse is computed from the same s as lse was. That also needs every launch
-    compiled without FMA contraction (``_launch_options``), so that ``s`` is rounded the
-    same way in every kernel.
+    same scale buffers, same column tiles and MMA shape): with unnormalised inputs the
+    logits reach ~1e5-1e9, where one ulp is >= 1/128, and the backward's e^{s - lse} is
+    only right if s_max - lse is computed from the same s as lse was. That also needs every
+    launch compiled without FMA contraction (``_launch_options``), so that ``s`` is rounded
+    the same way in every kernel.
     """
     s = tl.dot(a, tl.trans(c), input_precision=INPUT_PRECISION)
     return s * row_scale[:, None] * col_scale[None, :]
@@ -304,8 +304,10 @@ def _plan_kernel(
 ):
     """The positives' work list, in one program (a few µs): see ``_plan_positives``."""
     # Pass 1: each row's class range in every segment, |P|, the class row blocks (a block
-    # starts at its class's first row and every BLOCK_N rows after) and the tile total.
+    # starts at its class's first row and every BLOCK_N rows after), the tile total and
+    # the number of (block, segment) pairs with a tile.
     total = tl.zeros([], tl.int64)
+    blocks = tl.zeros([], tl.int64)
     for r0 in range(0, N, BLOCK):
         rows = r0 + tl.arange(0, BLOCK)
         mask = rows < N
@@ -328,9 +330,16 @@ def _plan_kernel(
             npos += c1 - c0
             if SELF_FIRST and s == 0:  # the self pair is in the self segment's range
                 npos -= valid.to(tl.int64)
-            total += tl.sum(tl.where(start, (c1 - c0 + BLOCK_M - 1) // BLOCK_M, 0))
+            tiles = tl.where(start, (c1 - c0 + BLOCK_M - 1) // BLOCK_M, 0)
+            total += tl.sum(tiles)
+            blocks += tl.sum((tiles > 0).to(tl.int64))
         tl.store(num_pos_ptr + rows, tl.where(valid, npos, 0).to(tl.float32), mask=mask)
-    tiles_per_item = tl.maximum((total + target - 1) // target, 1)
+    # Items sized for target - blocks: each block's last item may be short, and
+    # sum(ceil(T_b / t)) <= total / t + blocks <= target, so no program of a one-wave grid
+    # runs a second item (ceil(total / target) gave up to target + blocks items: some
+    # programs ran two, and the pass took twice as long).
+    room = tl.maximum(target - blocks, 1)
+    tiles_per_item = tl.maximum((total + room - 1) // room, 1)
     tl.store(tiles_per_item_ptr, tiles_per_item)
     tl.debug_barrier()
     # Pass 2: items, numbered segment by segment and row by row; a block with T tiles has
@@ -726,11 +735,13 @@ def _columns_backward_kernel(
     SUPCON: tl.constexpr = False, SPLIT: tl.constexpr = False,
 ):
     # Grid (column tiles, row-block groups): program (t, g) sums over the row blocks
-    # [g·blocks_per_group, (g + 1)·blocks_per_group). Row blocks and column tiles are
-    # exactly the negatives pass's (same permutation, same scale buffers, same block sizes,
-    # same column order), so every logits tile is recomputed from identical operands by the
-    # same _logits: bit-identical to the values lse was built from. SPLIT (several groups):
-    # the fp32 partial of group g goes to its own slice, _merge_columns_kernel sums them.
+    # [g·blocks_per_group, (g + 1)·blocks_per_group). Column tiles are exactly the
+    # negatives pass's (same permutation, same scale buffers, same BLOCK_M, same column
+    # order; TF32 has 64-row blocks here against 128 there, and each warpgroup runs the same
+    # m64nBLOCK_Mk8 wgmma chain over D on its 64 rows), so every logit is recomputed from
+    # identical operands by the same _logits: bit-identical to the values lse was built
+    # from. SPLIT (several groups): the fp32 partial of group g goes to its own slice,
+    # _merge_columns_kernel sums them.
     pid = tl.program_id(0).to(tl.int64)
     group = tl.program_id(1)
     cols = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -821,14 +832,17 @@ def _merge_columns_kernel(ws_ptr, num_groups, x_ptr, stride_0, stride_1, inv_ptr
 
 @dataclasses.dataclass(frozen=True)
 class _Config:
-    block_n: int      # anchor rows per tile (negatives, positives, column backward)
-    block_m: int      # columns per tile
+    block_n: int      # anchor rows per tile of the negatives
+    block_m: int      # columns per tile (negatives and column backward)
     block_d: int      # padded D, kept whole on chip
     num_warps: int
     num_stages: int
     pos_block_n: int  # rows per positives item (one class's rows: ~N/K, often under 64)
+    pos_block_m: int  # columns per positives tile (and the plan's tiles)
     pos_warps: int
     pos_per_sm: int   # resident positives programs per SM
+    col_block_n: int  # anchor rows per tile of the column backward
+    col_warps: int
     prep_n: int       # rows per program of the prep pass (a read of each segment)
     fin_n: int        # rows per program of the small kernels (lse, finalise, merges)
     fin_d: int        # D chunk per program of the finalise
@@ -842,39 +856,49 @@ def _on_gpu(device: torch.device) -> bool:
     return device.type == "cuda" and not _interpreting()
 
 
-def _config(d: int, device: torch.device, elem_size: int, n: int) -> _Config:
+def _config(d: int, device: torch.device, elem_size: int, n: int,
+            allow_tf32: bool = False) -> _Config:
     block_d = max(16, triton.next_power_of_2(d))
     if not _on_gpu(device):
         # Interpreter (CPU): numpy runs every op; small tiles keep the tests quick and
         # still give several row blocks, column tiles, items and D chunks on test inputs.
-        return _Config(16, 16, block_d, 4, 1, 16, 4, 1, 16, 16, 16)
-    return _gpu_config(block_d, elem_size, n)
+        return _Config(16, 16, block_d, 4, 1, 16, 16, 4, 1, 16, 4, 16, 16, 16)
+    return _gpu_config(block_d, elem_size, n, allow_tf32)
 
 
-def _gpu_config(block_d: int, elem_size: int, n: int) -> _Config:
+def _gpu_config(block_d: int, elem_size: int, n: int, allow_tf32: bool = False) -> _Config:
     """Tiles, warps and pipeline depth on a GPU (elem_size: the widest input dtype's bytes;
-    n: the anchor rows).
+    n: the anchor rows; allow_tf32: fp32 dots in TF32 rather than 3xTF32).
 
     128 anchor rows with 8 warps: each warpgroup owns 64 rows of S, P and U (with 64 rows
-    both warpgroups computed the same S). fp32 operands (TF32, 3xTF32) need twice the shared
-    memory per tile and a transposed copy of the column tile for the U dot: 64 rows, one
-    warpgroup. D = 512 keeps 32 rows (U alone is 64 KB of registers at 64 rows).
+    both warpgroups computed the same S). fp32 operands need twice the shared memory per
+    tile and a transposed copy of the column tile for the U dot. TF32 keeps 128 rows with
+    32-column tiles (A 128 KB + the two copies of a column tile 64 KB: 192 KB; the copies
+    are shared by both warpgroups, which halves the transposition per row); 3xTF32 splits
+    both operands into hi/lo copies (Triton's "tf32x3": A twice over, 128 KB at 64 rows),
+    so it stays at 64 rows and one warpgroup. D = 512 keeps 32 rows (U alone is 64 KB of
+    registers at 64 rows).
     """
+    tf32 = elem_size >= 4 and allow_tf32 and block_d <= 256  # TF32 on the wgmma path
     if block_d > 256:
         block_n, block_m, warps = 32, 64, 8
+    elif tf32:
+        block_n, block_m, warps = 128, 32, 8
     elif elem_size >= 4:
         block_n, block_m, warps = 64, 32, 4
     else:
         block_n, block_m, warps = 128, 64, 8
     # Shared memory: the anchor tile plus `stages` column tiles in flight (twice over for
     # fp32: the TF32 U dot reads a transposed copy) must stay under the 227 KB of an
-    # H100/H200 SM; the compiled sizes are in docs/notes/infonce-triton.md.
-    stages = 3
+    # H100/H200 SM; the compiled sizes are in docs/notes/infonce-triton.md. TF32 loads the
+    # column tile through registers (both copies are stored from there): its second stage
+    # prefetches into registers and adds no shared memory.
+    stages = 2 if tf32 else 3
     budget = 192 * 1024 if elem_size >= 4 else 160 * 1024
     copies = 2 if elem_size >= 4 else 1
 
     def smem(bm: int, st: int) -> int:
-        return elem_size * block_d * (block_n + copies * st * bm)
+        return elem_size * block_d * (block_n + copies * (1 if tf32 else st) * bm)
 
     while smem(block_m, stages) > budget and stages > 2:
         stages -= 1
@@ -885,12 +909,22 @@ def _gpu_config(block_d: int, elem_size: int, n: int) -> _Config:
     # Positives: a class has ~N/K rows (54 at paper size, 6 at N = 120), so 64-row items
     # with one warpgroup (the same m64nNk16 instructions as each warpgroup of the
     # negatives) and two programs per SM (~97 KB smem, 128 threads); with few anchors
-    # 16-row items (mma.sync), half the instructions a tile (760 against 1463).
-    if block_n == 128:
-        pos = (16 if n <= 256 else 64, 4, 2)
+    # 16-row items (mma.sync), half the instructions a tile (760 against 1463). TF32:
+    # 16-column tiles (96 KB, two programs per SM; 729 instructions a tile against 1282
+    # with 32 columns at one program per SM); with few anchors 16 rows × 32 columns
+    # (mma.sync, 80 KB, 756 instructions a tile).
+    # Column backward: 128 rows of fp32 do not fit (A and its transposed copy for Gᵀ·A,
+    # 294 KB), so TF32 keeps 64 rows and one warpgroup there. Its logits stay bit-identical
+    # to the negatives': each warpgroup issues the same m64n32k8 wgmma chain over D on its
+    # own 64 rows (same BLOCK_M, same D order); only the number of warpgroups differs.
+    if block_n == 128 and not tf32:
+        pos, col = (16 if n <= 256 else 64, block_m, 4, 2), (block_n, warps)
+    elif block_n == 128:
+        pos, col = (16, 32, 4, 2) if n <= 256 else (64, 16, 4, 2), (64, 4)
     else:
-        pos = (block_n, warps, 1)
-    return _Config(block_n, block_m, block_d, warps, stages, *pos, 64, 16, min(block_d, 64))
+        pos, col = (block_n, block_m, warps, 1), (block_n, warps)
+    return _Config(block_n, block_m, block_d, warps, stages, *pos, *col, 64, 16,
+                   min(block_d, 64))
 
 
 @functools.lru_cache(maxsize=None)
@@ -1122,7 +1156,8 @@ class _PositivesPlan:
 def _plan_positives(prep: _Prep, segments: list[_Segment], cfg: _Config,
                     device: torch.device, target: int) -> _PositivesPlan:
     """Work items over the key-sorted columns: (up to BLOCK_N rows of one class, a chunk
-    of ``tiles_per_item`` column tiles of that class), about ``target`` items in all.
+    of ``tiles_per_item`` column tiles of that class), at most ``max(target, blocks)``
+    items in all (blocks: the (class row block, segment) pairs with a positive).
 
     Each segment's keys are sorted (a class-sorted bank's stay in place), then one
     ``_plan_kernel`` program builds the list. Bounds (host-known, so nothing syncs):
@@ -1150,7 +1185,7 @@ def _plan_positives(prep: _Prep, segments: list[_Segment], cfg: _Config,
         col_begin, col_end, block_end, num_pos, pos_first, pos_count, pos_off,
         item_owner, item_chunk, item_base, bounds, tiles_per_item, n, target,
         NUM_SEGMENTS=s_count, SELF_FIRST=segments[0].is_self, BLOCK_N=cfg.pos_block_n,
-        BLOCK_M=cfg.block_m, BLOCK=256 if _on_gpu(device) else 16, **_launch_options(4))
+        BLOCK_M=cfg.pos_block_m, BLOCK=256 if _on_gpu(device) else 16, **_launch_options(4))
     return _PositivesPlan([idx for _, idx in sorted_keys], col_begin, col_end, block_end,
                           item_owner, item_chunk, item_base, bounds, tiles_per_item,
                           pos_first, pos_count, pos_off, num_pos,
@@ -1193,7 +1228,8 @@ def infonce_forward(
                 torch.zeros(n, **f32), torch.zeros(n, **f32),
                 torch.zeros((n if need_grad else 0, d), **f32))
 
-    cfg = _config(d, dev, max(anchors.element_size(), contrast.element_size()), n)
+    cfg = _config(d, dev, max(anchors.element_size(), contrast.element_size()), n,
+                  allow_tf32)
     prep = _prepare(anchors, labels, inv_temperature, ignore_index, normalize, cfg,
                     check_finite)
     segments = _segments(prep, anchors, labels, contrast, contrast_labels, self_contrast,
@@ -1241,7 +1277,7 @@ def infonce_forward(
             plan.num_pos, ws_ml, ws_loss, ws_sig, ws_v, n, d, i,
             FAST=prep.fast, NEED_GRAD=need_grad, EXCLUDE_SELF=seg.is_self,
             GPU_MATH=not _interpreting(), **flags[i],
-            BLOCK_N=cfg.pos_block_n, BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, SUPCON=supcon,
+            BLOCK_N=cfg.pos_block_n, BLOCK_M=cfg.pos_block_m, BLOCK_D=cfg.block_d, SUPCON=supcon,
             POSITIVES_IN_V=in_v[i], **_launch_options(cfg.pos_warps, cfg.num_stages))
 
     row_loss = torch.empty(n, **f32)
@@ -1289,7 +1325,8 @@ def infonce_backward_columns(
     lse = lse.to(torch.float32).contiguous()
     pos_sig = pos_sig.to(torch.float32).contiguous()
     row_coef = row_coef.to(torch.float32).contiguous()
-    cfg = _config(d, dev, max(anchors.element_size(), contrast.element_size()), n)
+    cfg = _config(d, dev, max(anchors.element_size(), contrast.element_size()), n,
+                  allow_tf32)
     # The forward's prep, recomputed (deterministic, so the scales are bit-identical).
     prep = _prepare(anchors, labels, inv_temperature, ignore_index, normalize, cfg)
     segments = _segments(prep, anchors, labels, contrast, contrast_labels, self_contrast,
@@ -1297,7 +1334,7 @@ def infonce_backward_columns(
     for seg in segments:
         grad = grad_self if seg.is_self else grad_contrast
         tiles = triton.cdiv(seg.num, cfg.block_m)
-        groups, per_group = _plan_row_groups(tiles, seg.num, n, d, cfg.block_n, dev,
+        groups, per_group = _plan_row_groups(tiles, seg.num, n, d, cfg.col_block_n, dev,
                                              row_groups)
         # Several groups: fp32 partials [groups, columns, D], then the merge into grad.
         out = torch.empty((groups, seg.num, d), **f32) if groups > 1 else grad
@@ -1306,9 +1343,9 @@ def infonce_backward_columns(
             prep.row_scale, seg.c, seg.c.stride(0), seg.c.stride(1), seg.keys, seg.scale,
             lse, pos_sig, row_coef, out, n, seg.num, d, per_group,
             FAST=prep.fast, NORMALIZE=normalize, EXCLUDE_SELF=seg.is_self,
-            **_dot_flags(anchors, seg.c, allow_tf32), BLOCK_N=cfg.block_n,
+            **_dot_flags(anchors, seg.c, allow_tf32), BLOCK_N=cfg.col_block_n,
             BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, SUPCON=supcon, SPLIT=groups > 1,
-            **_launch_options(cfg.num_warps, cfg.num_stages))
+            **_launch_options(cfg.col_warps, cfg.num_stages))
         if groups > 1:
             _merge_columns_kernel[(triton.cdiv(seg.num, cfg.fin_n),)](
                 out, groups, seg.c, seg.c.stride(0), seg.c.stride(1), seg.scale, grad,

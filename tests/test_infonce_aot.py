@@ -16,7 +16,10 @@ the unnormalised large-norm case of the GPU tests:
   its speed prediction rests on (docs/notes/infonce-triton.md): 128-row blocks with each
   warpgroup on its own 64 rows (16 m64n64k16 wgmma for S, 4 m64n256k16 for U: nothing
   computed twice), no spills, one wave of programs, and wgmmas that ptxas did not
-  serialise; the positives run on two programs per SM.
+  serialise; the positives run on two programs per SM;
+* at paper size in TF32 the negatives keep the 128-row blocks (32-column tiles: A 128 KB
+  plus the column tile and its transposed copy, 64 KB), without spills or serialised
+  wgmmas, and the positives run 16-column tiles at two programs per SM.
 
 The same compile with contraction allowed must show FMAs, and the general path (online
 max, data-dependent rescale) must show serialised wgmmas, so both detectors are live.
@@ -47,6 +50,7 @@ cases = [
            normalize=False),
     A.Case("tf32-self", dtype="tf32", d=48, n=100, m=0, mode="self"),
     A.Case("paper-bf16", mode="bank"),
+    A.Case("paper-tf32", dtype="tf32", mode="bank"),
 ]
 rows = A.report(cases)
 general = A.report([A.Case("paper-bf16-general", mode="bank", normalize=False)])
@@ -107,8 +111,8 @@ def test_every_launch_fits_the_shared_memory_of_an_sm90_cta(compiled):
         assert r["smem_ok"], f"{r['case']}: {r['kernel']} needs {r['smem']} B of smem"
 
 
-def _paper(rows, kernel):
-    return next(r for r in rows if r["case"].startswith("paper") and r["kernel"] == kernel)
+def _paper(rows, kernel, case="paper-bf16"):
+    return next(r for r in rows if r["case"].startswith(case) and r["kernel"] == kernel)
 
 
 def test_paper_bf16_negatives_shape(compiled):
@@ -123,6 +127,19 @@ def test_paper_bf16_negatives_shape(compiled):
     assert pos["grid"] == [2 * 132] and pos["loop_mma_waits"] <= 2
 
 
+def test_paper_tf32_shape(compiled):
+    neg = _paper(compiled["rows"], "_negatives_kernel", "paper-tf32")
+    assert neg["tile"] == [128, 32, 256] and neg["options"]["num_warps"] == 8
+    assert neg["mma"] == {"wgmma.m64n32k8.tf32": 32, "wgmma.m64n256k8.tf32": 4}
+    assert neg.get("stack") == 0
+    assert neg["loop_mma_waits"] <= 2, neg["loop_mma_waits"]
+    assert 0.9 * 132 <= neg["grid"][0] * neg["grid"][1] <= 132
+    pos = _paper(compiled["rows"], "_positives_kernel", "paper-tf32")
+    assert pos["tile"] == [64, 16, 256] and pos["grid"] == [2 * 132]
+    assert 2 * (pos["smem"] + 1024) <= 233_472  # two CTAs in an SM's 228 KB (1 KB each reserved)
+    assert pos["loop_mma_waits"] <= 2
+
+
 def test_serialisation_detector_is_live(compiled):
-    neg = _paper(compiled["general"], "_negatives_kernel")
+    neg = _paper(compiled["general"], "_negatives_kernel", "paper-bf16-general")
     assert neg["loop_mma_waits"] >= 16

@@ -255,6 +255,33 @@ def test_row_groups_plan():
         K._plan_row_groups(3, 40, 80, 16, 16, dev, 0)
 
 
+@pytest.mark.parametrize("elem_size,allow_tf32,n", [
+    (4, True, 150), (4, True, 300), (4, False, 150), (2, False, 300)])
+def test_gpu_tile_configs_match_oracle(elem_size, allow_tf32, n, monkeypatch):
+    """The GPU's tile configurations (``_gpu_config``: TF32's 128-row negatives with the
+    column backward at 64 rows and positives tiles narrower than the negatives', 3xTF32's
+    64-row tiles, bf16's) run under the interpreter on fp32 inputs: forward rows and both
+    column gradients against the float64 oracle. (On a GPU the real launches run them.)"""
+    if not K._interpreting():
+        pytest.skip("runs the GPU tiles under the Triton interpreter")
+    cfg = K._gpu_config(64, elem_size, n, allow_tf32)
+    monkeypatch.setattr(K, "_config", lambda *args, **kwargs: cfg)
+    a, y, c, z = imbalanced_case(n, 500, 40, sort_bank=False)
+    a64, c64 = a.double().requires_grad_(), c.double().requires_grad_()
+    weights = torch.randn(n, dtype=torch.float64)
+    rows = reference_row_terms(a64, y, c64, z, True, 10.0, IGNORE, True)
+    ga, gc = torch.autograd.grad((weights * rows[0]).sum(), (a64, c64))
+    ours = K.infonce_forward(a, y, c, z, True, 10.0, IGNORE, True, True, num_items=5)
+    assert_rows_match(ours, oracle_rows(a, y, c, z, True, 10.0, True), 1e-5)
+    w = weights.float()
+    coef = torch.where(ours[3] > 0, w / ours[3].clamp(min=1), 0.0)
+    gc_k, ga_cols = K.infonce_backward_columns(a, y, c, z, True, 10.0, IGNORE, True, ours[1],
+                                               ours[2], coef)
+    for name, x, r in (("anchors", w[:, None] * ours[4] + ga_cols, ga), ("contrast", gc_k, gc)):
+        err = (x.double() - r).abs().max().item()
+        assert err <= 1e-6 + 1e-5 * r.abs().max().item(), f"{name}: {err:.3g}"
+
+
 @pytest.mark.parametrize("target", [1, 3, 17, 200])
 def test_positives_plan_stays_inside_its_bounds(target):
     """Every item's partial rows fit the host-sized workspace; the items of each class
@@ -268,6 +295,8 @@ def test_positives_plan_stays_inside_its_bounds(target):
     num_items = int(plan.bounds[-1])
     assert num_items <= plan.item_owner.shape[0]
     owner = plan.item_owner[:num_items]
+    # One wave: no more items than programs unless there are more blocks than programs.
+    assert num_items <= max(target, owner.unique().numel()), (num_items, target)
     rows = owner % n
     nrows = plan.block_end[rows] - rows
     assert int((plan.item_base[:num_items] + nrows).max()) <= plan.workspace_rows
@@ -276,7 +305,7 @@ def test_positives_plan_stays_inside_its_bounds(target):
         mine = (owner // n) == s
         for r in rows[mine].unique().tolist():
             chunks = plan.item_chunk[:num_items][mine & (rows == r)].sort().values
-            tiles = -(-int(plan.col_end[s][r] - plan.col_begin[s][r]) // cfg.block_m)
+            tiles = -(-int(plan.col_end[s][r] - plan.col_begin[s][r]) // cfg.pos_block_m)
             assert chunks.tolist() == list(range(-(-tiles // tpi)))
 
 
