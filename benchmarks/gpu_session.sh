@@ -112,6 +112,14 @@ step gpu-tests "$limit" $py -m pytest -m gpu -n 8 --max-worker-restart 32 -q -p 
   -rfE --junitxml="$work/gpu-tests.xml" "${tests[@]}"
 [ "$dry" = 1 ] || { echo '```'; grep -E '^(FAILED|ERROR) ' "$work/gpu-tests.log" | head -40;
                     tail -1 "$work/gpu-tests.log"; echo '```'; } | tee -a "$summary"
+# 4b. If a cuda-backend loss test failed: the same tests without the band kernel (issue 15
+#     v2.2, never run on a GPU before), to tell its faults from the rest.
+if [ "$dry" = 1 ] || grep -qE '^(FAILED|ERROR) .*cuda' "$work/gpu-tests.log"; then
+  PIXCONTRAST_CUDA_BAND=0 step gpu-tests-no-band 120 $py -m pytest -m gpu -n 8 \
+    --max-worker-restart 32 -q -p no:cacheprovider -rfE -k 'cuda and (infonce or supcon)' tests
+  [ "$dry" = 1 ] || { echo '```'; grep -E '^(FAILED|ERROR) ' "$work/gpu-tests-no-band.log" |
+                      head -20; tail -1 "$work/gpu-tests-no-band.log"; echo '```'; } | tee -a "$summary"
+fi
 
 if [ "$quick" = 0 ]; then
   # 5. Sampling, the bank update, and both in one step, eager.

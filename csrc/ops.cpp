@@ -47,7 +47,8 @@ TORCH_LIBRARY(pixcontrast, m) {
       "int ignore_index, bool normalize, Tensor lse, Tensor pos_sig, "
       "Tensor row_coef, bool allow_tf32, bool supcon=False) -> (Tensor, Tensor)");
   // The same two ops run on the CPU with the CUDA binding's chunk schedule (every row and
-  // column in the caller's order, masks only, positives over everything; csrc/cpu/infonce.cpp):
+  // column in the caller's order, masks only, positives over everything or, normalised with
+  // τ ≥ 0.03, the band of csrc/common/infonce_band.h; csrc/cpu/infonce.cpp):
   // the CPU tests of the loop the GPU runs. CPU kernels only; not a public API.
   m.def(
       "_infonce_forward_device_schedule(Tensor anchors, Tensor labels, Tensor contrast, "

@@ -2,11 +2,12 @@
 
 ``pixcontrast::_infonce_forward_device_schedule`` and ``_infonce_backward_columns_device_schedule``
 run csrc/common/chunk_loop.h with the CUDA binding's schedule (every row and column in the
-caller's order, masks only, the positives pass over every chunk) and the bodies of the CUDA
-row-pass kernels (csrc/common/infonce_row_pass.h, run by one thread per row here, by a CTA
-per row on the GPU; docs/design.md §6.5). Here they are judged against the float64 oracle,
-like the public CPU op; and the table behind ``backend="auto"`` on CUDA
-(pixcontrast/_backends.py) is checked.
+caller's order, masks only, the positives pass over every chunk, or on the fast path
+(normalised, τ ≥ 0.03, fp32) the band kernel's schedule of csrc/common/infonce_band.h) and
+the bodies of the CUDA row-pass kernels (csrc/common/infonce_row_pass.h, run by one thread
+per row here, by a CTA per row on the GPU; docs/design.md §6.5). Here they are judged
+against the float64 oracle, like the public CPU op; and the table behind ``backend="auto"``
+on CUDA (pixcontrast/_backends.py) is checked.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@
 //
 // `_infonce_forward_device_schedule` / `_infonce_backward_columns_device_schedule` run the
 // same loops with the CUDA binding's schedule (no host filtering or sorting, masks only,
-// one positive block over everything) and the CUDA kernels' bodies
+// one positive block over everything; on the fast path in fp32 the band of
+// csrc/cpu/infonce_band.cpp instead, as the binding) and the CUDA kernels' bodies
 // (csrc/common/infonce_row_pass.h, one thread per row): the CPU tests of what the GPU runs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -38,11 +39,21 @@
 #include <vector>
 
 #include "common/chunk_loop.h"
+#include "common/infonce_band.h"
 #include "common/infonce_row_pass.h"
 #include "common/infonce_rows.h"
 #include "fast_math.h"
 
 namespace pixcontrast::cpu {
+
+// The band of the same-class positives on the CPU (csrc/cpu/infonce_band.cpp, the private op
+// _infonce_band_positives): the device schedule runs it where the CUDA binding does.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_band_positives(
+    const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
+    const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
+    int64_t ignore_index, const at::Tensor& lse, bool need_grad, bool supcon, int64_t num_items,
+    int64_t block);
+
 namespace {
 
 constexpr int64_t kTileBytes = 8 << 20;      // one logits chunk; also bounds the column chunk
@@ -377,6 +388,9 @@ struct ForwardPolicy {
   at::TensorOptions opts;
   int64_t D = 0;
   bool fixed = false;  // the fixed-shift fast path (rows::fixed_shift): m = 1/τ throughout
+  bool band = false;   // device schedule, fp32, band::band_applies: the positives as the
+                       // CUDA binding's band (v2.2); labels_t, contrast_labels_t its inputs
+  at::Tensor labels_t, contrast_labels_t;
   std::vector<int64_t> row_ids, ys;  // caller's row index and label per visited row
   std::vector<int64_t> col_ids, zs;  // contrast columns visited (empty ids: all, in order)
   const int64_t* z_all = nullptr;
@@ -454,9 +468,29 @@ struct ForwardPolicy {
 
   void finish_negatives() {
     for (int64_t k = 0; k < rows_count(); ++k) lse[k] = rows::lse_of(m[k], l[k]);
+    if (band) band_positives();
+  }
+
+  // The band (csrc/common/infonce_band.h) as the CUDA binding runs it, 3 items.
+  void band_positives() {
+    const int64_t nv = rows_count();
+    const at::Tensor lse_t = at::from_blob(lse.data(), {nv}, opts).clone();
+    const auto [loss_b, sig_b, cnt_b, v_b] =
+        infonce_band_positives(anchors, labels_t, contrast, contrast_labels_t, self_contrast,
+                               inv_t, ignore, lse_t, need_grad_, supcon, 3, 0);
+    const float* lp = loss_b.template const_data_ptr<float>();
+    const float* sp = sig_b.template const_data_ptr<float>();
+    const float* cp = cnt_b.template const_data_ptr<float>();
+    for (int64_t k = 0; k < nv; ++k) {
+      loss_t[k] = lp[k];
+      sig_t[k] = sp[k];
+      cnt_t[k] = cp[k];
+    }
+    if (need_grad_) V_.copy_(v_b);
   }
 
   std::vector<chunks::PositiveBlock> positive_blocks() const {
+    if (band) return {};  // the band did the positives (finish_negatives)
     std::vector<chunks::PositiveBlock> blocks;
     const int64_t nv = rows_count();
     if (!host_schedule) {
@@ -620,6 +654,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_i
   pol.c_buf = at::empty({pol.T * D}, opts);
   // The weights are acc_t here (16-bit inputs are converted on load): any dtype qualifies.
   pol.fixed = rows::fixed_shift(normalize, inv_temperature, false);
+  pol.band = !host_schedule && std::is_same_v<acc_t, float> &&
+             band::band_applies(normalize, inv_temperature);
+  pol.labels_t = labels;
+  pol.contrast_labels_t = contrast_labels;
   pol.m.assign(nv, pol.fixed ? pol.inv_t : -kInf<acc_t>);  // the fast path's shift, fixed
   pol.l.assign(nv, acc_t(0));
   pol.lse.assign(nv, -kInf<acc_t>);

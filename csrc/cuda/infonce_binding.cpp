@@ -9,8 +9,11 @@
 // No host synchronisation: the schedule reads no label on the host. Every row and column is
 // visited in the caller's order, the row passes' masks exclude ignored labels and the self
 // pair, and the positives pass runs over every chunk (a same-class schedule needs
-// data-dependent GEMM shapes: docs/notes/infonce-cuda.md). Workspace: the logits chunk S
-// (fp32) and the weights P (operand dtype) of at most kChunkBytes together, plus O(N·D).
+// data-dependent GEMM shapes), except on the fast path (normalised, τ ≥ 0.03), where the
+// band kernel of csrc/cuda/infonce_band.cu takes the same-class columns only (labels sorted
+// and a work list built on the device; docs/notes/infonce-cuda.md, v2.2). Workspace: the
+// logits chunk S (fp32) and the weights P (operand dtype) of at most kChunkBytes together,
+// plus O(N·D); the band's workspace reuses the chunk buffers' memory.
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -20,6 +23,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -27,6 +32,7 @@
 #include "common/infonce_rows.h"
 #include "cuda/binding.h"
 #include "cuda/infonce.h"
+#include "cuda/infonce_band.h"
 
 namespace pixcontrast {
 namespace cuda {
@@ -149,6 +155,7 @@ struct Common {
   ScalarKind kind = ScalarKind::kFloat32;
   cudaStream_t stream = nullptr;
   Tensor a_hat, inv_a, c_buf, s_buf, p_buf;
+  Tensor inv_c;  // [M] the contrast rows' inverse norms, for the band (v2.2); else undefined
 
   struct Chunk {
     Tensor op;           // [count, D] normalised columns, operand dtype
@@ -192,7 +199,9 @@ struct Common {
     const Tensor& src = self ? anchors : contrast;
     PIXCONTRAST_CHECK_LAUNCH(
         infonce_normalize_rows(src.data_ptr(), kind, src.stride(0), src.stride(1), start,
-                               count, d, normalize, c_buf.data_ptr(), nullptr, stream),
+                               count, d, normalize, c_buf.data_ptr(),
+                               !self && inv_c.defined() ? inv_c.data_ptr<float>() + start : nullptr,
+                               stream),
         "infonce_normalize_rows (columns)");
     return {front(c_buf, count, d), (self ? y : z).data_ptr<int64_t>() + start, self, start};
   }
@@ -232,6 +241,7 @@ struct ForwardPolicy : Common {
   using Common::Common;
   bool need_grad_ = false;
   bool fixed_ = false;  // the fixed-shift fast path (rows::fixed_shift): m = 1/τ throughout
+  int band_cols_ = 0;   // > 0: the positives as a band (v2.2), columns per tile
   Tensor m, l, lse, loss, sig, cnt, U_, V_;
   Tensor row_loss, lse_out, pos_sig, num_pos, row_grad;
 
@@ -276,10 +286,60 @@ struct ForwardPolicy : Common {
     PIXCONTRAST_CHECK_LAUNCH(
         infonce_lse(m.data_ptr<float>(), l.data_ptr<float>(), lse.data_ptr<float>(), n, stream),
         "infonce_lse");
+    if (band_cols_ > 0) band_positives();
+  }
+
+  // v2.2: the same-class positives as a band kernel (csrc/common/infonce_band.h,
+  // docs/notes/infonce-cuda.md) instead of the chunked sweep over every column: rows and
+  // each segment's columns sorted by label on the device, a device-built work list with
+  // host-known bounds, one persistent kernel, a merge in item order; it writes loss, sig,
+  // cnt and V. The negatives sweep's chunk buffers are released first, so the band's
+  // workspace reuses their memory.
+  void band_positives() {
+    c_buf = s_buf = p_buf = Tensor();
+    const auto [ys, perm] = at::sort(y, /*stable=*/true, 0, false);
+    band::BandProblem pb{};
+    pb.n = n;
+    pb.d = d;
+    pb.rows = a_hat.data_ptr();
+    pb.perm = perm.data_ptr<int64_t>();
+    pb.ys = ys.data_ptr<int64_t>();
+    pb.lse = lse.data_ptr<float>();
+    Tensor zs, cperm;
+    int s = 0;
+    if (self_contrast) pb.seg[s++] = {n, a_hat.data_ptr(), d, 1, pb.perm, pb.ys, nullptr, true};
+    if (contrast.size(0) > 0) {
+      std::tie(zs, cperm) = at::sort(z, /*stable=*/true, 0, false);
+      pb.seg[s++] = {contrast.size(0), contrast.data_ptr(), contrast.stride(0),
+                     contrast.stride(1), cperm.data_ptr<int64_t>(), zs.data_ptr<int64_t>(),
+                     inv_c.data_ptr<float>(), false};
+    }
+    pb.num_segments = s;
+    pb.self_first = self_contrast;
+    pb.inv_t = inv_t;
+    pb.ignore = ignore;
+    pb.supcon = supcon;
+    pb.scale = weight_scale(kind);
+    pb.block_cols = band_cols_;
+    pb.block_rows = band::band_rows_block(n, band_cols_);
+    int sms = 0;
+    TORCH_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
+                                       anchors.get_device()) == cudaSuccess,
+                "infonce_forward: cannot read the device's SM count");
+    pb.target = 3 * static_cast<int64_t>(sms);  // items: about 3 per CTA, one CTA per SM
+    pb.loss = loss.data_ptr<float>();
+    pb.sig = sig.data_ptr<float>();
+    pb.count = cnt.data_ptr<float>();
+    pb.V = need_grad_ ? V_.data_ptr<float>() : nullptr;
+    const Tensor ws = at::empty({band::band_layout(pb, nullptr, nullptr, nullptr, nullptr)},
+                                anchors.options().dtype(at::kByte));
+    PIXCONTRAST_CHECK_LAUNCH(infonce_band(pb, ws.data_ptr(), kind, allow_tf32, sms, stream),
+                             "infonce_band");
   }
 
   // Without reading labels on the host, every segment is one block of all rows.
   std::vector<chunks::PositiveBlock> positive_blocks() const {
+    if (band_cols_ > 0) return {};  // the band did the positives (finish_negatives)
     std::vector<chunks::PositiveBlock> blocks;
     for (int seg = 0; seg < num_segments(); ++seg)
       blocks.push_back({0, n, seg, 0, segment_size(seg)});
@@ -373,6 +433,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> infonce_forward_cuda(
                     allow_tf32, inv_temperature, ignore_index, supcon);
   pol.need_grad_ = need_grad;
   pol.fixed_ = rows::fixed_shift(normalize, inv_temperature, anchors.scalar_type() == at::kHalf);
+  // PIXCONTRAST_CUDA_BAND=0 keeps the chunked positives sweep (a GPU-session triage switch:
+  // the band kernel has not run on a GPU yet; benchmarks/gpu_session.sh reruns failed cuda
+  // tests with it). Read once per process.
+  static const bool band_enabled = [] {
+    const char* v = std::getenv("PIXCONTRAST_CUDA_BAND");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  if (band_enabled && band::band_applies(normalize, inv_temperature))
+    pol.band_cols_ = infonce_band_block(kind_of(anchors.scalar_type()), d, anchors.get_device());
+  if (pol.band_cols_ > 0 && m > 0) pol.inv_c = at::empty({m}, f32);
   pol.setup(std::max(self_contrast ? n : 0, m));
   // The running max starts at −inf; the fast path's shift is 1/τ from the start and stays.
   pol.m = at::full({n}, pol.fixed_ ? pol.inv_t : -INFINITY, f32);
