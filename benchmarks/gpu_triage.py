@@ -101,7 +101,9 @@ for call in (%(calls)s):
 """
 
 CONFIG = """
-K._gpu_config = lambda d, elem_size: K._Config(%(cfg)s)
+import dataclasses
+_default = K._gpu_config
+K._gpu_config = lambda *a, **k: dataclasses.replace(_default(*a, **k), %(cfg)s)
 case = cuda_case("self")
 up = torch.randn((), device="cuda", dtype=torch.float64)
 run(case, backend="triton", upstream=up)
@@ -126,10 +128,12 @@ def probes() -> dict[str, str]:
         for backend in ("triton", "cuda"):
             out[f"{backend}-bf16-D300-{mode}"] = BACKEND % {"mode": mode, "backend": backend}
         out[f"dense-bf16-reference-D300-{mode}"] = DENSE % {"mode": mode}
-    # (block_n, block_m, block_d, num_warps, num_stages); the GPU default is (32, 64, 512, 8, 2)
-    for cfg in ("32, 64, 512, 8, 2", "32, 32, 512, 8, 2", "64, 32, 512, 8, 1",
-                "32, 64, 512, 4, 2"):
-        out["triton-bf16-D300-self-config-" + cfg.replace(", ", "x")] = CONFIG % {"cfg": cfg}
+    # The self-contrast column backward's tile (rows, columns, warps, stages) over the
+    # default configuration (kernels/infonce.py _gpu_config; D = 300 bf16: 32×64, 8 warps).
+    for n_, m_, w_, st_ in ((32, 64, 8, 2), (32, 32, 8, 2), (64, 32, 8, 1), (32, 64, 4, 2)):
+        cfg = (f"block_n={n_}, block_m={m_}, col_block_n={n_}, num_warps={w_}, "
+               f"col_warps={w_}, num_stages={st_}")
+        out[f"triton-bf16-D300-self-config-{n_}x{m_}x{w_}x{st_}"] = CONFIG % {"cfg": cfg}
     return out
 
 

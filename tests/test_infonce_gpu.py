@@ -127,6 +127,23 @@ def test_gpu_tf32_within_tf32_error(backend):
     assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=2e-3)
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_tf32_unnormalised_contrast_gradient(backend):
+    """TF32, unnormalised (norms ~0.6, τ = 0.1, loss ~4), a learnable contrast, several row
+    blocks: the column backward (on Triton a 64-row tile against the negatives' 128 since
+    v3.2) recomputes the forward's logits; a mismatch adds gradient error that the dense
+    TF32 computation (autograd through its own logits) does not have."""
+    needs(backend)
+    case = to_cuda(make_case("bank-grad", n=300, m=2000, d=256, classes=7, normalize=False,
+                             temperature=0.1, scale=0.02))
+    up = torch.randn((), device="cuda", dtype=torch.float64)
+    ref = oracle(case, upstream=up)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    ours = run(case, backend=backend, upstream=up)
+    dense = run(case, backend="oracle", upstream=up, compute_dtype=torch.float32)
+    assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=2e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 def test_cuda_and_triton_agree(dtype, mode):
