@@ -380,3 +380,21 @@ def test_gpu_backends_match_oracle(backend, mode, dtype, normalize):
             assert_lowprec_matches(ours, ref, _dense_in_dtype(case, up.cuda()))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_low_precision_positive_weights_rounded_once(backend, dtype):
+    """test_low_precision_positive_weights_rounded_once on the GPU, for both GPU backends.
+    The cuda backend keeps the two-part weights (its row pass puts every valid column's
+    rounded softmax weight into U, its positives a weight of exactly 1 into V): whether that
+    errs like Triton's old split (docs/notes/infonce-triton.md) is what this checks."""
+    case = _class_mean_bank_case(dtype)
+    case.anchors, case.labels = case.anchors.cuda(), case.labels.cuda()
+    case.contrast, case.contrast_labels = case.contrast.cuda(), case.contrast_labels.cuda()
+    up = torch.randn((), dtype=torch.float64).cuda()
+    ours = _run(case, backend, upstream=up)
+    ref = _run(case, "torch", upstream=up, double=True)
+    k = 8.0 if dtype == torch.bfloat16 else 2.0
+    assert_lowprec_matches(ours, ref, _run(case, "torch", upstream=up), k=k)
