@@ -115,27 +115,22 @@ def test_gpu_all_rows_ignored_and_no_positive(backend):
     assert loss.item() == 0 and torch.count_nonzero(a.grad) == 0
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gpu_tf32_within_tf32_error(backend):
-    needs(backend)
-    case = to_cuda(make_case("bank", n=256, m=8191, d=256, classes=19))
-    up = torch.ones((), device="cuda", dtype=torch.float64)
-    ref = oracle(case, upstream=up)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    ours = run(case, backend=backend, upstream=up)
-    dense = run(case, backend="oracle", upstream=up, compute_dtype=torch.float32)
-    assert_lowprec_matches(ours, ref, dense, k=4.0, rtol=2e-3)
+TF32_CASES = {
+    "bank": dict(mode="bank", n=256, m=8191, d=256, classes=19),
+    # Unnormalised (norms ~0.6, τ = 0.1, loss ~4), a learnable contrast, several row blocks:
+    # the column backward (on Triton a 64-row tile against the negatives' 128 since v3.2)
+    # recomputes the forward's logits; a mismatch adds gradient error that the dense TF32
+    # computation (autograd through its own logits) does not have.
+    "unnormalised-bank-grad": dict(mode="bank-grad", n=300, m=2000, d=256, classes=7,
+                                   normalize=False, temperature=0.1, scale=0.02),
+}
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_gpu_tf32_unnormalised_contrast_gradient(backend):
-    """TF32, unnormalised (norms ~0.6, τ = 0.1, loss ~4), a learnable contrast, several row
-    blocks: the column backward (on Triton a 64-row tile against the negatives' 128 since
-    v3.2) recomputes the forward's logits; a mismatch adds gradient error that the dense
-    TF32 computation (autograd through its own logits) does not have."""
+@pytest.mark.parametrize("name", list(TF32_CASES))
+def test_gpu_tf32_within_tf32_error(backend, name):
     needs(backend)
-    case = to_cuda(make_case("bank-grad", n=300, m=2000, d=256, classes=7, normalize=False,
-                             temperature=0.1, scale=0.02))
+    case = to_cuda(make_case(**TF32_CASES[name]))
     up = torch.randn((), device="cuda", dtype=torch.float64)
     ref = oracle(case, upstream=up)
     torch.backends.cuda.matmul.allow_tf32 = True
