@@ -199,6 +199,8 @@ struct BandArgs {
   float inv_t;
   int64_t ignore;
   bool supcon;
+  bool supcon_split;       // BandProblem::supcon_split
+  const float* num_pos;    // [n] |P| per sorted row (the plan's)
   float scale;             // weights stored times this (fp16 range; V carries it)
   int bm, bn;
   // the plan (BandPlan's outputs)
@@ -232,6 +234,7 @@ struct BandTiles {
   int64_t* row_y;
   int64_t* row_src;
   float* row_lse;
+  float* row_shift;  // supcon_split: λ − ln|P| (the V weight is 1 − e^{s − shift})
   float* row_loss;
   float* row_sig;
   int64_t* col_z;
@@ -274,6 +277,7 @@ PIXCONTRAST_HD int64_t band_tiles(char* buf, int bm, int bn, int64_t d, BandTile
   x.row_y = reinterpret_cast<int64_t*>(take(bm * sizeof(int64_t)));
   x.row_src = reinterpret_cast<int64_t*>(take(bm * sizeof(int64_t)));
   x.row_lse = reinterpret_cast<float*>(take(bm * sizeof(float)));
+  x.row_shift = reinterpret_cast<float*>(take(bm * sizeof(float)));
   x.row_loss = reinterpret_cast<float*>(take(bm * sizeof(float)));
   x.row_sig = reinterpret_cast<float*>(take(bm * sizeof(float)));
   x.col_z = reinterpret_cast<int64_t*>(take(bn * sizeof(int64_t)));
@@ -379,6 +383,8 @@ PIXCONTRAST_HD void load_rows(const Group& g, const BandArgs& a, const BandTiles
     t.row_y[q] = in ? a.ys[r0 + q] : a.ignore;
     t.row_src[q] = src;
     t.row_lse[q] = in ? a.lse[src] : 0.f;
+    const float npos = in && a.supcon_split ? a.num_pos[r0 + q] : 0.f;
+    t.row_shift[q] = npos > 0.f ? t.row_lse[q] - rows::log_acc(npos) : 0.f;
     t.row_loss[q] = 0.f;
     t.row_sig[q] = 0.f;
   }
@@ -433,7 +439,13 @@ PIXCONTRAST_HD void tile_terms(const Group& g, const BandArgs& a, bool is_self,
         sg = keep_if(pos, sg);
         sp_sum += keep_if(pos, sp);
         sg_sum += sg;
-        t.P[r * t.ldp + j] = Operand<T>::store(sg * a.scale);
+        // SupCon split: the positive's whole row-gradient weight, softmax part included.
+        const float w = a.supcon_split
+                            ? keep_if(pos, 1.f - rows::exp_acc(
+                                                     rows::logit(t.S[r * t.lds + j], a.inv_t) -
+                                                     t.row_shift[r]))
+                            : sg;
+        t.P[r * t.ldp + j] = Operand<T>::store(w * a.scale);
       }
     }
     sp_sum = g.lane_sum(sp_sum, L);
@@ -555,6 +567,8 @@ struct BandProblem {
   float inv_t;
   int64_t ignore;
   bool supcon;
+  bool supcon_split;        // SupCon: V weights 1 − |P|·e^{s−λ} (the negatives pass left the
+                            // positives out of U: rows::RowChunk::exclude_positives)
   float scale;              // weight scale (V carries it)
   int block_rows;           // rows per block (band_rows_block)
   int block_cols;           // columns per tile (band_block)
@@ -622,6 +636,8 @@ PIXCONTRAST_HD int64_t band_layout(const BandProblem& pb, char* ws, BandPlan* pl
     a.inv_t = pb.inv_t;
     a.ignore = pb.ignore;
     a.supcon = pb.supcon;
+    a.supcon_split = pb.supcon_split;
+    a.num_pos = p.num_pos;
     a.scale = pb.scale;
     a.bm = pb.block_rows;
     a.bn = pb.block_cols;

@@ -41,7 +41,17 @@ struct RowChunk {
   T inv_t;
   int64_t ignore;
   bool supcon;
+  // SupCon with the band's positives (docs/design.md §6.5): positives count in l but get no
+  // weight in U; the band gives each its whole weight 1 − |P|·e^{s−λ} in V, so a 16-bit
+  // weight is rounded once rather than as two nearly equal halves.
+  bool exclude_positives = false;
 };
+
+// The weight a negatives pass stores for column j (its share of l is w either way).
+template <typename T, typename P>
+PIXCONTRAST_HD T stored_negative_weight(const RowChunk<T, P>& r, int64_t j, T w) {
+  return r.exclude_positives && is_positive(r.z[j], r.y, r.ignore, j == r.self_col) ? T(0) : w;
+}
 
 // Negatives, general path (SupCon: every valid column but the row itself): the masked max,
 // then p = e^{s − m_new}·scale and its sum; m, l updated and the row's U (d values, or null)
@@ -61,7 +71,7 @@ PIXCONTRAST_HD void negatives_pass(const Group& g, const RowChunk<T, P>& r, T sc
     const T w = negative_weight(
         negative_logit(r.s[j], r.inv_t, r.z[j], r.y, r.ignore, j == r.self_col, r.supcon), m_new);
     sum += w;
-    r.p[j] = Cast<P>::to(w * scale);
+    r.p[j] = Cast<P>::to(stored_negative_weight(r, j, w) * scale);
   }
   sum = g.sum(sum);
   const T alpha = rescale_factor(m_old, m_new);
@@ -83,7 +93,7 @@ PIXCONTRAST_HD void negatives_pass_fixed(const Group& g, const RowChunk<T, P>& r
     const T w = fixed_shift_weight(r.s[j], r.inv_t, r.inv_t, r.z[j], r.y, r.ignore,
                                    j == r.self_col, r.supcon);
     sum += w;
-    r.p[j] = Cast<P>::to(w * scale);
+    r.p[j] = Cast<P>::to(stored_negative_weight(r, j, w) * scale);
   }
   sum = g.sum(sum);
   if (g.rank() == 0) *l += sum;

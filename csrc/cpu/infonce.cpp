@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_band_positive
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore_index, const at::Tensor& lse, bool need_grad, bool supcon, int64_t num_items,
-    int64_t block);
+    int64_t block, bool supcon_split);
 
 namespace {
 
@@ -477,7 +477,7 @@ struct ForwardPolicy {
     const at::Tensor lse_t = at::from_blob(lse.data(), {nv}, opts).clone();
     const auto [loss_b, sig_b, cnt_b, v_b] =
         infonce_band_positives(anchors, labels_t, contrast, contrast_labels_t, self_contrast,
-                               inv_t, ignore, lse_t, need_grad_, supcon, 3, 0);
+                               inv_t, ignore, lse_t, need_grad_, supcon, 3, 0, supcon);
     const float* lp = loss_b.template const_data_ptr<float>();
     const float* sp = sig_b.template const_data_ptr<float>();
     const float* cp = cnt_b.template const_data_ptr<float>();
@@ -534,7 +534,8 @@ struct ForwardPolicy {
   rows::RowChunk<acc_t, acc_t> row_chunk(acc_t* sp, const Chunk& c, int64_t k, int64_t t,
                                          int64_t row_begin = 0) const {
     const int64_t r = row_begin + k;
-    return {sp + k * t, sp + k * t, c.z, t, ys[r], self_column(c, r, t), inv_t, ignore, supcon};
+    return {sp + k * t, sp + k * t, c.z, t, ys[r], self_column(c, r, t),
+            inv_t, ignore, supcon, supcon && band};
   }
 
   void finalize() {

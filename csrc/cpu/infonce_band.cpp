@@ -63,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> band_positives(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore, const at::Tensor& lse, bool need_grad, bool supcon, int64_t num_items,
-    int64_t block) {
+    int64_t block, bool supcon_split) {
   const int64_t n = anchors.size(0), d = anchors.size(1), m = contrast.size(0);
   const auto f32 = anchors.options().dtype(at::kFloat);
   at::Tensor loss = at::zeros({n}, f32), sig = at::zeros({n}, f32), cnt = at::zeros({n}, f32);
@@ -101,6 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> band_positives(
   pb.inv_t = static_cast<float>(inv_temperature);
   pb.ignore = ignore;
   pb.supcon = supcon;
+  pb.supcon_split = supcon_split;
   pb.scale = scale;
   pb.block_rows = bm;
   pb.block_cols = bn;
@@ -133,12 +134,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> band_positives(
 
 }  // namespace
 
-// The op; also the band of the CPU device schedule (csrc/cpu/infonce.cpp), which declares it.
+// The band of the CPU device schedule (csrc/cpu/infonce.cpp, which declares it), with its
+// SupCon split (BandProblem::supcon_split); the op below runs it without the split.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_band_positives(
     const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
     const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
     int64_t ignore_index, const at::Tensor& lse, bool need_grad, bool supcon, int64_t num_items,
-    int64_t block) {
+    int64_t block, bool supcon_split) {
   constexpr const char* op = "_infonce_band_positives";
   TORCH_CHECK(anchors.dim() == 2, op, ": anchors must be 2-D [N, D], got shape ",
               anchors.sizes());
@@ -164,16 +166,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_band_positive
     case at::kBFloat16:
       return band_positives<c10::BFloat16>(anchors, labels, contrast, contrast_labels,
                                            self_contrast, inv_temperature, ignore_index, lse,
-                                           need_grad, supcon, num_items, block);
+                                           need_grad, supcon, num_items, block, supcon_split);
     case at::kHalf:
       return band_positives<c10::Half>(anchors, labels, contrast, contrast_labels,
                                        self_contrast, inv_temperature, ignore_index, lse,
-                                       need_grad, supcon, num_items, block);
+                                       need_grad, supcon, num_items, block, supcon_split);
     default:
       return band_positives<float>(anchors, labels, contrast, contrast_labels, self_contrast,
                                    inv_temperature, ignore_index, lse, need_grad, supcon,
-                                   num_items, block);
+                                   num_items, block, supcon_split);
   }
+}
+
+// The op (tests/test_infonce_band.py): V with SupCon's positive weights of 1.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> infonce_band_positives_op(
+    const at::Tensor& anchors, const at::Tensor& labels, const at::Tensor& contrast,
+    const at::Tensor& contrast_labels, bool self_contrast, double inv_temperature,
+    int64_t ignore_index, const at::Tensor& lse, bool need_grad, bool supcon, int64_t num_items,
+    int64_t block) {
+  return infonce_band_positives(anchors, labels, contrast, contrast_labels, self_contrast,
+                                inv_temperature, ignore_index, lse, need_grad, supcon,
+                                num_items, block, false);
 }
 
 }  // namespace pixcontrast::cpu
@@ -187,5 +200,5 @@ TORCH_LIBRARY_FRAGMENT(pixcontrast, m) {
 }
 
 TORCH_LIBRARY_IMPL(pixcontrast, CPU, m) {
-  m.impl("_infonce_band_positives", &pixcontrast::cpu::infonce_band_positives);
+  m.impl("_infonce_band_positives", &pixcontrast::cpu::infonce_band_positives_op);
 }

@@ -115,7 +115,7 @@ struct WarpGroup {
 template <typename P, bool kSupcon>
 __device__ r::RowChunk<float, P> row_chunk(const InfonceChunk& c, int64_t row) {
   return {c.S + row * c.count, static_cast<P*>(c.P) + row * c.count, c.z, c.count, c.y[row],
-          self_column(c, row), c.inv_t, c.ignore, kSupcon};
+          self_column(c, row), c.inv_t, c.ignore, kSupcon, kSupcon && c.supcon_split};
 }
 
 // ---------------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ struct InfonceChunk {
   int64_t ignore;
   bool supcon;               // SupCon's switches (csrc/common/infonce_rows.h): the launchers
                              // run the kernels' supcon instantiation
+  bool supcon_split;         // SupCon with the band's positives: the negatives passes leave
+                             // positives out of P (rows::RowChunk::exclude_positives)
 };
 
 // Negatives, general path (supcon: every valid column but the row itself): online max m,

@@ -156,6 +156,7 @@ struct Common {
   cudaStream_t stream = nullptr;
   Tensor a_hat, inv_a, c_buf, s_buf, p_buf;
   Tensor inv_c;  // [M] the contrast rows' inverse norms, for the band (v2.2); else undefined
+  bool supcon_split = false;  // SupCon with the band (InfonceChunk::supcon_split)
 
   struct Chunk {
     Tensor op;           // [count, D] normalised columns, operand dtype
@@ -233,6 +234,7 @@ struct Common {
     a.inv_t = inv_t;
     a.ignore = ignore;
     a.supcon = supcon;
+    a.supcon_split = supcon_split;
     return a;
   }
 };
@@ -319,6 +321,7 @@ struct ForwardPolicy : Common {
     pb.inv_t = inv_t;
     pb.ignore = ignore;
     pb.supcon = supcon;
+    pb.supcon_split = supcon_split;
     pb.scale = weight_scale(kind);
     pb.block_cols = band_cols_;
     pb.block_rows = band::band_rows_block(n, band_cols_);
@@ -443,6 +446,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> infonce_forward_cuda(
   if (band_enabled && band::band_applies(normalize, inv_temperature))
     pol.band_cols_ = infonce_band_block(kind_of(anchors.scalar_type()), d, anchors.get_device());
   if (pol.band_cols_ > 0 && m > 0) pol.inv_c = at::empty({m}, f32);
+  pol.supcon_split = supcon && pol.band_cols_ > 0;
   pol.setup(std::max(self_contrast ? n : 0, m));
   // The running max starts at −inf; the fast path's shift is 1/τ from the start and stays.
   pol.m = at::full({n}, pol.fixed_ ? pol.inv_t : -INFINITY, f32);
