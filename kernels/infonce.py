@@ -292,6 +292,17 @@ def _prep_kernel(
 
 
 @triton.jit
+def _plan_rows(row_key_ptr, r0, N, BLOCK_N: tl.constexpr, BLOCK: tl.constexpr):
+    """Sorted rows r0 .. r0 + BLOCK of the plan: in range, their keys (a class's first row),
+    valid (not ignored) and whether each starts a class row block."""
+    rows = r0 + tl.arange(0, BLOCK)
+    mask = rows < N
+    key = tl.load(row_key_ptr + rows, mask=mask, other=-3)
+    valid = mask & (key >= 0)
+    return rows, mask, key, valid, valid & ((rows - key.to(tl.int64)) % BLOCK_N == 0)
+
+
+@triton.jit
 def _plan_kernel(
     row_key_ptr, class_end_ptr,              # sorted order
     skey0_ptr, m0, steps0, skey1_ptr, m1, steps1,   # each segment's keys, sorted
@@ -309,12 +320,7 @@ def _plan_kernel(
     total = tl.zeros([], tl.int64)
     blocks = tl.zeros([], tl.int64)
     for r0 in range(0, N, BLOCK):
-        rows = r0 + tl.arange(0, BLOCK)
-        mask = rows < N
-        key = tl.load(row_key_ptr + rows, mask=mask, other=-3)
-        valid = mask & (key >= 0)
-        k64 = key.to(tl.int64)
-        start = valid & ((rows - k64) % BLOCK_N == 0)
+        rows, mask, key, valid, start = _plan_rows(row_key_ptr, r0, N, BLOCK_N, BLOCK)
         block_end = tl.minimum(rows + BLOCK_N, tl.load(class_end_ptr + rows, mask=mask, other=0))
         tl.store(block_end_ptr + rows, block_end, mask=mask)
         npos = tl.zeros([BLOCK], tl.int64)
@@ -349,11 +355,7 @@ def _plan_kernel(
     tl.store(bounds_ptr, num_items)
     for s in tl.static_range(NUM_SEGMENTS):
         for r0 in range(0, N, BLOCK):
-            rows = r0 + tl.arange(0, BLOCK)
-            mask = rows < N
-            key = tl.load(row_key_ptr + rows, mask=mask, other=-3)
-            valid = mask & (key >= 0)
-            start = valid & ((rows - key.to(tl.int64)) % BLOCK_N == 0)
+            rows, mask, key, valid, start = _plan_rows(row_key_ptr, r0, N, BLOCK_N, BLOCK)
             c0 = tl.load(col_begin_ptr + s * N + rows, mask=mask, other=0)
             c1 = tl.load(col_end_ptr + s * N + rows, mask=mask, other=0)
             tiles = tl.where(start, (c1 - c0 + BLOCK_M - 1) // BLOCK_M, 0)
@@ -375,10 +377,7 @@ def _plan_kernel(
     tl.debug_barrier()
     # Pass 3: every row gets its block's items (in item order) and its offset in them.
     for r0 in range(0, N, BLOCK):
-        rows = r0 + tl.arange(0, BLOCK)
-        mask = rows < N
-        key = tl.load(row_key_ptr + rows, mask=mask, other=-3)
-        valid = mask & (key >= 0)
+        rows, mask, key, valid, _ = _plan_rows(row_key_ptr, r0, N, BLOCK_N, BLOCK)
         k64 = key.to(tl.int64)
         block_start = tl.where(valid, k64 + (rows - k64) // BLOCK_N * BLOCK_N, rows)
         inner = valid & (block_start != rows)

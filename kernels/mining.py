@@ -70,6 +70,20 @@ def _load_rows(ptr, s0, s1, rows, ok, D, NORMALIZE: tl.constexpr, BLOCK_D: tl.co
 
 
 @triton.jit
+def _row_block(a_ptr, a_s0, a_s1, y_ptr, N, M, D, ignore, SPAN, NORMALIZE: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A program's rows (axis 0) and its split of the columns [start, end) (axis 1): the rows'
+    labels, which take part, and the rows with their scales."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    start = tl.program_id(1) * SPAN
+    end = tl.minimum(start + SPAN, M)
+    y = tl.load(y_ptr + rows, mask=rows < N, other=ignore)
+    row_ok = (rows < N) & (y != ignore)
+    a, a_scale = _load_rows(a_ptr, a_s0, a_s1, rows, row_ok, D, NORMALIZE, BLOCK_D)
+    return rows, start, end, y, row_ok, a, a_scale
+
+
+@triton.jit
 def _tile(a, a_scale, rows, row_ok, y, c_ptr, c_s0, c_s1, z_ptr, cols, M, D, ignore, inv_t,
           IS_SELF: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_D: tl.constexpr):
     """The row tile against columns ``cols``: logits ``s``, their monotone keys, the valid
@@ -98,12 +112,8 @@ def _hist_kernel(a_ptr, a_s0, a_s1, y_ptr, c_ptr, c_s0, c_s1, z_ptr, state_ptr, 
                  N, M, D, ignore, inv_t, HI, LO, SPAN,
                  IS_SELF: tl.constexpr, FIRST: tl.constexpr, NORMALIZE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    start = tl.program_id(1) * SPAN                     # this split's columns
-    end = tl.minimum(start + SPAN, M)
-    y = tl.load(y_ptr + rows, mask=rows < N, other=ignore)
-    row_ok = (rows < N) & (y != ignore)
-    a, a_scale = _load_rows(a_ptr, a_s0, a_s1, rows, row_ok, D, NORMALIZE, BLOCK_D)
+    rows, start, end, y, row_ok, a, a_scale = _row_block(
+        a_ptr, a_s0, a_s1, y_ptr, N, M, D, ignore, SPAN, NORMALIZE, BLOCK_N, BLOCK_D)
     st = state_ptr + rows.to(tl.int64) * 16          # [N, 2, 8]: set 0 at +0, set 1 at +8
     pre_n = tl.load(st + 0, mask=row_ok, other=0)
     pre_p = tl.load(st + 8, mask=row_ok, other=0)
@@ -145,12 +155,8 @@ def _count_kernel(a_ptr, a_s0, a_s1, y_ptr, c_ptr, c_s0, c_s1, z_ptr, state_ptr,
                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per (split, row, set): members surely in the pool and members equal to the threshold,
     so that the take pass can start every split at its rank (out: [splits, N, 2, 2])."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    start = tl.program_id(1) * SPAN
-    end = tl.minimum(start + SPAN, M)
-    y = tl.load(y_ptr + rows, mask=rows < N, other=ignore)
-    row_ok = (rows < N) & (y != ignore)
-    a, a_scale = _load_rows(a_ptr, a_s0, a_s1, rows, row_ok, D, NORMALIZE, BLOCK_D)
+    rows, start, end, y, row_ok, a, a_scale = _row_block(
+        a_ptr, a_s0, a_s1, y_ptr, N, M, D, ignore, SPAN, NORMALIZE, BLOCK_N, BLOCK_D)
     st = state_ptr + rows.to(tl.int64) * 16
     sure_n = tl.zeros([BLOCK_N], tl.int64)
     eq_n = tl.zeros([BLOCK_N], tl.int64)
@@ -216,12 +222,8 @@ def _take_kernel(a_ptr, a_s0, a_s1, y_ptr, c_ptr, c_s0, c_s1, z_ptr, state_ptr, 
                  out_idx_ptr, out_s_ptr, N, M, D, ignore, inv_t, col_offset, K_NEG, K_ALL,
                  SPAN, IS_SELF: tl.constexpr, SEMI: tl.constexpr, NORMALIZE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    start = tl.program_id(1) * SPAN
-    end = tl.minimum(start + SPAN, M)
-    y = tl.load(y_ptr + rows, mask=rows < N, other=ignore)
-    row_ok = (rows < N) & (y != ignore)
-    a, a_scale = _load_rows(a_ptr, a_s0, a_s1, rows, row_ok, D, NORMALIZE, BLOCK_D)
+    rows, start, end, y, row_ok, a, a_scale = _row_block(
+        a_ptr, a_s0, a_s1, y_ptr, N, M, D, ignore, SPAN, NORMALIZE, BLOCK_N, BLOCK_D)
     st = state_ptr + (tl.program_id(1) * N + rows.to(tl.int64)) * 16   # this split's state
     for j0 in range(start, end, BLOCK_M):
         cols = j0 + tl.arange(0, BLOCK_M)

@@ -345,8 +345,11 @@ def test_rows_with_only_positives_no_positive_and_ignored(backend, reduction):
     ga, gc = torch.autograd.grad((out.double() * up).sum(), (a, c))
     ref_ga, ref_gc = torch.autograd.grad(
         (_explicit_supcon(ad, y, cd, z, 0.1, reduction) * up).sum(), (ad, cd))
-    torch.testing.assert_close(ga.double(), ref_ga, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(gc.double(), ref_gc, rtol=1e-4, atol=1e-6)
+    # fp32 errs relative to the largest terms (gradients reach ~6 here), so the absolute
+    # tolerance scales with the gradient (a fixed 1e-6 failed ~1 seed in 400).
+    for ours_g, ref_g in ((ga, ref_ga), (gc, ref_gc)):
+        torch.testing.assert_close(ours_g.double(), ref_g, rtol=1e-4,
+                                   atol=1e-6 * max(1.0, float(ref_g.abs().max())))
     assert gc[1].abs().max() == 0  # the ignored column gets no gradient
 
 

@@ -378,6 +378,14 @@ inline int64_t self_column(const Chunk& c, int64_t id, int64_t count) {
   return c.is_self && q >= 0 && q < count ? q : -1;
 }
 
+// S = rows·Ĉᵀ of a chunk into the front of the policy's logits workspace.
+inline at::Tensor chunk_logits(const at::Tensor& s_buf, const at::Tensor& rows_op,
+                               const Chunk& c) {
+  at::Tensor S = front(s_buf, rows_op.size(0), c.op.size(0));
+  at::mm_out(S, rows_op, c.op.t());
+  return S;
+}
+
 template <typename acc_t>
 struct ForwardPolicy {
   const at::Tensor& anchors;
@@ -430,9 +438,7 @@ struct ForwardPolicy {
   }
 
   at::Tensor logits(const at::Tensor& rows_op, const Chunk& c) {
-    at::Tensor S = front(s_buf, rows_op.size(0), c.op.size(0));
-    at::mm_out(S, rows_op, c.op.t());
-    return S;
+    return chunk_logits(s_buf, rows_op, c);
   }
 
   at::Tensor negatives(const at::Tensor& S, const Chunk& c) {
@@ -712,9 +718,7 @@ struct BackwardPolicy {
   }
 
   at::Tensor logits(const at::Tensor& rows_op, const Chunk& c) {
-    at::Tensor S = front(s_buf, rows_op.size(0), c.op.size(0));
-    at::mm_out(S, rows_op, c.op.t());
-    return S;
+    return chunk_logits(s_buf, rows_op, c);
   }
 
   at::Tensor weights(const at::Tensor& S, const Chunk& c) {

@@ -268,31 +268,43 @@ cudaError_t infonce_normalize_rows(const void* src, ScalarKind kind, int64_t str
   });
 }
 
-cudaError_t infonce_negatives(const InfonceChunk& chunk, float* m, float* l, float* U,
-                              int64_t d, cudaStream_t stream) {
+// The row-pass kernels, one CTA per row of a chunk: `pick(T{}, supcon)` gives the kernel's
+// instantiation for operand type T; `types(kind, fn)` calls fn for the chunk's dtype
+// (kAnyType: all three).
+constexpr auto kAnyType = [](ScalarKind kind, auto&& fn) { return dispatch(kind, fn); };
+
+template <class Types, class Pick, class... Args>
+cudaError_t launch_rows(const InfonceChunk& chunk, cudaStream_t stream, Types types, Pick pick,
+                        Args... args) {
   if (chunk.rows <= 0 || chunk.count <= 0) return cudaSuccess;
   if (chunk.rows > kMaxGridX) return cudaErrorInvalidConfiguration;
-  return dispatch(chunk.kind, [&](auto t) {
-    using T = decltype(t);
-    auto* kernel = chunk.supcon ? negatives_kernel<T, true> : negatives_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
-        chunk, m, l, U, d, weight_scale(chunk.kind));
+  return types(chunk.kind, [&](auto t) {
+    auto* kernel = pick(t, chunk.supcon);
+    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(chunk, args...);
     return cudaGetLastError();
   });
 }
 
+cudaError_t infonce_negatives(const InfonceChunk& chunk, float* m, float* l, float* U,
+                              int64_t d, cudaStream_t stream) {
+  auto pick = [](auto t, bool supcon) {
+    using T = decltype(t);
+    return supcon ? negatives_kernel<T, true> : negatives_kernel<T, false>;
+  };
+  return launch_rows(chunk, stream, kAnyType, pick, m, l, U, d, weight_scale(chunk.kind));
+}
+
 cudaError_t infonce_negatives_fixed(const InfonceChunk& chunk, float* l, cudaStream_t stream) {
-  if (chunk.rows <= 0 || chunk.count <= 0) return cudaSuccess;
-  if (chunk.rows > kMaxGridX) return cudaErrorInvalidConfiguration;
   // fp16 weights cannot hold e^{s − 1/τ} (rows::fixed_shift): no fp16 instantiation.
   if (chunk.kind == ScalarKind::kFloat16) return cudaErrorInvalidValue;
-  auto launch = [&](auto t) {
-    using T = decltype(t);
-    auto* kernel = chunk.supcon ? negatives_fixed_kernel<T, true> : negatives_fixed_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(chunk, l);
-    return cudaGetLastError();
+  auto bf16_or_fp32 = [](ScalarKind kind, auto&& fn) {
+    return kind == ScalarKind::kBFloat16 ? fn(__nv_bfloat16{}) : fn(float{});
   };
-  return chunk.kind == ScalarKind::kBFloat16 ? launch(__nv_bfloat16{}) : launch(float{});
+  auto pick = [](auto t, bool supcon) {
+    using T = decltype(t);
+    return supcon ? negatives_fixed_kernel<T, true> : negatives_fixed_kernel<T, false>;
+  };
+  return launch_rows(chunk, stream, bf16_or_fp32, pick, l);
 }
 
 cudaError_t infonce_lse(const float* m, const float* l, float* lse, int64_t n,
@@ -304,15 +316,12 @@ cudaError_t infonce_lse(const float* m, const float* l, float* lse, int64_t n,
 
 cudaError_t infonce_positives(const InfonceChunk& chunk, const float* lse, float* loss,
                               float* sig, float* count, cudaStream_t stream) {
-  if (chunk.rows <= 0 || chunk.count <= 0) return cudaSuccess;
-  if (chunk.rows > kMaxGridX) return cudaErrorInvalidConfiguration;
-  return dispatch(chunk.kind, [&](auto t) {
+  auto pick = [](auto t, bool supcon) {
     using T = decltype(t);
-    auto* kernel = chunk.supcon ? positives_kernel<T, true> : positives_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
-        chunk, lse, loss, sig, count, weight_scale(chunk.kind));
-    return cudaGetLastError();
-  });
+    return supcon ? positives_kernel<T, true> : positives_kernel<T, false>;
+  };
+  return launch_rows(chunk, stream, kAnyType, pick, lse, loss, sig, count,
+                     weight_scale(chunk.kind));
 }
 
 cudaError_t infonce_finalize(const InfonceFinalize& f, cudaStream_t stream) {
@@ -327,15 +336,11 @@ cudaError_t infonce_finalize(const InfonceFinalize& f, cudaStream_t stream) {
 
 cudaError_t infonce_weights(const InfonceChunk& chunk, const float* lse, const float* pos_sig,
                             const float* row_coef, const float* scale, cudaStream_t stream) {
-  if (chunk.rows <= 0 || chunk.count <= 0) return cudaSuccess;
-  if (chunk.rows > kMaxGridX) return cudaErrorInvalidConfiguration;
-  return dispatch(chunk.kind, [&](auto t) {
+  auto pick = [](auto t, bool supcon) {
     using T = decltype(t);
-    auto* kernel = chunk.supcon ? weights_kernel<T, true> : weights_kernel<T, false>;
-    kernel<<<static_cast<unsigned>(chunk.rows), kRowThreads, 0, stream>>>(
-        chunk, lse, pos_sig, row_coef, scale);
-    return cudaGetLastError();
-  });
+    return supcon ? weights_kernel<T, true> : weights_kernel<T, false>;
+  };
+  return launch_rows(chunk, stream, kAnyType, pick, lse, pos_sig, row_coef, scale);
 }
 
 cudaError_t infonce_columns_backward(float* grad, const float* scale, const void* src,
